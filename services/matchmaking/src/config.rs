@@ -1,0 +1,161 @@
+//! Configuration: command-line flags with environment-variable fallbacks, named like the
+//! variables the Helm chart and the operator's Secret set.
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The matchmaking service's configuration.
+#[derive(Parser, Clone)]
+#[command(
+    name = "swappo-matchmaking",
+    about = "Swappo trade offers with a transactional outbox"
+)]
+pub struct Config {
+    /// PostgreSQL URL (`postgres://user:pass@host:5432/db`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Most PostgreSQL connections of this instance (HTTP handlers, relay and LISTEN share them).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/%2f`). When unset, `RABBITMQ_HOST`,
+    /// `RABBITMQ_PORT`, `RABBITMQ_USER`, `RABBITMQ_PASSWORD` and `RABBITMQ_VHOST` are used.
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
+    pub rabbitmq_url: Option<String>,
+
+    /// Queue the notification events are published to (through the default exchange).
+    #[arg(
+        long,
+        env = "NOTIFICATIONS_QUEUE",
+        default_value = "notifications_queue"
+    )]
+    pub notifications_queue: String,
+
+    /// Run the outbox relay in this instance. Every replica may run one: rows are claimed
+    /// with `FOR UPDATE SKIP LOCKED`, so no two relays publish the same row.
+    #[arg(long, env = "OUTBOX_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbox_relay: bool,
+
+    /// Outbox rows published per relay round (1..=1000).
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub outbox_batch_size: i64,
+
+    /// Milliseconds between relay polls when no commit wakes it (a safety net only).
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 5000)]
+    pub outbox_poll_interval_ms: u64,
+
+    /// Cap of the relay's retry delay while the broker is unreachable, in milliseconds.
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    pub outbox_max_backoff_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The relay's options from this configuration.
+    pub fn relay_options(&self) -> crate::relay::RelayOptions {
+        crate::relay::RelayOptions {
+            batch_size: self.outbox_batch_size,
+            poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
+            max_backoff: Duration::from_millis(self.outbox_max_backoff_ms),
+            ..Default::default()
+        }
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("listen_addr", &self.listen_addr)
+            .field(
+                "rabbitmq_url",
+                &self.rabbitmq_url.as_deref().map(redact_url),
+            )
+            .field("notifications_queue", &self.notifications_queue)
+            .field("outbox_relay", &self.outbox_relay)
+            .field("outbox_batch_size", &self.outbox_batch_size)
+            .field("outbox_poll_interval_ms", &self.outbox_poll_interval_ms)
+            .field("outbox_max_backoff_ms", &self.outbox_max_backoff_ms)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("amqp://u:p@ss@h/%2f"), "amqp://u:***@h/%2f");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let c = Config::try_parse_from([
+            "m",
+            "--database-url",
+            "postgres://u:dbsecret@h/db",
+            "--rabbitmq-url",
+            "amqp://u:mqsecret@h/%2f",
+        ])
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("dbsecret") && !text.contains("mqsecret"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_batch_size_out_of_range_is_refused() {
+        let r = Config::try_parse_from(["m", "--database-url", "x", "--outbox-batch-size", "0"]);
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! The service's one error type, mapped to HTTP status codes and JSON bodies.
+//!
+//! Client errors say exactly what was wrong with the request; server errors say only
+//! "internal error" and are logged in full, so no SQL, host or credential ever reaches a client.
+use crate::offer::{TransitionError, ValidationError};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// `Result` with the service's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field of the request is invalid (400).
+    #[error("invalid {}", .0.field)]
+    Validation(#[from] ValidationError),
+    /// The request could not be read: bad JSON, query or path (400, or the extractor's 4xx).
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// HTTP status to answer (400, 415 or 422 from axum's extractors).
+        status: StatusCode,
+        /// What was wrong, for the client.
+        message: String,
+    },
+    /// The user may not do this to this offer (403).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The offer's status does not allow this change (400).
+    #[error("invalid transition: {0}")]
+    InvalidTransition(String),
+    /// No such offer (404).
+    #[error("trade offer {0} not found")]
+    OfferNotFound(i64),
+    /// No route matches the request's path (404).
+    #[error("no such route")]
+    NoRoute,
+    /// The database failed (500, details only in the log).
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Anything else internal (500, details only in the log).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<TransitionError> for Error {
+    fn from(e: TransitionError) -> Self {
+        match e {
+            TransitionError::Forbidden(m) => Error::Forbidden(m),
+            TransitionError::Invalid(m) => Error::InvalidTransition(m),
+        }
+    }
+}
+
+impl Error {
+    /// A short stable code: the `error` field of the JSON body and a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation(_) => "validation_failed",
+            Error::BadRequest { .. } => "bad_request",
+            Error::Forbidden(_) => "forbidden",
+            Error::InvalidTransition(_) => "invalid_transition",
+            Error::OfferNotFound(_) | Error::NoRoute => "not_found",
+            Error::Database(_) | Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Validation(_) | Error::InvalidTransition(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest { status, .. } => *status,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::OfferNotFound(_) | Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 400 with `message`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Error::Validation(v) => {
+                json!({"error": self.code(), "field": v.field, "message": v.reason})
+            }
+            Error::BadRequest { message, .. } => json!({"error": self.code(), "message": message}),
+            Error::Forbidden(m) => json!({"error": self.code(), "message": m}),
+            Error::InvalidTransition(m) => json!({"error": self.code(), "message": m}),
+            Error::OfferNotFound(_) | Error::NoRoute => {
+                json!({"error": self.code(), "message": self.to_string()})
+            }
+            Error::Database(e) => {
+                tracing::error!(error = %e, "database error while serving a request");
+                json!({"error": self.code(), "message": "internal error"})
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal error while serving a request");
+                json!({"error": self.code(), "message": "internal error"})
+            }
+        };
+        let mut resp = (status, Json(body)).into_response();
+        // Lets the metrics layer count errors by kind without parsing bodies.
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        resp
+    }
+}
+
+/// The code of the error a response carries, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_error_never_reaches_the_client() {
+        let err = Error::Database(sqlx::Error::Protocol(
+            "password authentication failed for user swappo at 10.0.0.5".into(),
+        ));
+        let resp = err.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(text, r#"{"error":"internal","message":"internal error"}"#);
+    }
+
+    #[test]
+    fn transition_errors_map_to_403_and_400() {
+        assert_eq!(
+            Error::from(TransitionError::Forbidden("x")).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            Error::from(TransitionError::Invalid("x".into())).status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
