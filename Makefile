@@ -1,0 +1,51 @@
+# Swappo messaging: entry points. `make help` lists every target with its one-line comment.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Cargo's target dir lives outside the repo so a fresh clone (and CI) reuses the warm cache.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/swappo/cargo-target
+# Two cores: one test binary at a time keeps memory and the shared broker calm; the test
+# threads inside each binary still run in parallel.
+CARGO_TEST_FLAGS ?=
+
+.PHONY: help
+help: ## List the targets and what each does
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build every crate of the workspace (debug)
+	cargo build --workspace --all-targets
+
+.PHONY: fmt
+fmt: ## Format the code with rustfmt
+	cargo fmt --all
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: testenv-deps
+testenv-deps: ## Install (Debian) and start RabbitMQ + management and PostgreSQL on loopback
+	bash scripts/testenv-deps.sh
+
+.PHONY: testenv-down
+testenv-down: ## Stop the local RabbitMQ and PostgreSQL started by testenv-deps
+	bash scripts/testenv-down.sh
+
+.PHONY: testenv-bins
+testenv-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok, helm from the Go proxy (cached)
+	bash scripts/testenv-bins.sh
+
+.PHONY: cluster-up
+cluster-up: testenv-bins ## Start the local Kubernetes control plane (etcd, apiserver, kcm, scheduler, kwok node)
+	bash scripts/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop exactly the control-plane processes that cluster-up started
+	bash scripts/cluster-down.sh
+
+.PHONY: test
+test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)

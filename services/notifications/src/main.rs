@@ -1,0 +1,2 @@
+//! The notifications service binary.
+fn main() {}
