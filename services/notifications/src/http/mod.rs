@@ -1,0 +1,62 @@
+//! The HTTP server: one module per route group, each exposing `router()`.
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+use axum::Router;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+mod extract;
+mod notifications;
+mod probes;
+
+/// Answers whether the broker connection is up.
+pub type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What `/ready` needs besides the database: whether the schema is migrated and the
+/// consumer is connected. Filled in by start-up as each part comes up.
+#[derive(Default)]
+pub struct Readiness {
+    schema_ready: AtomicBool,
+    broker: OnceLock<BrokerProbe>,
+}
+
+impl Readiness {
+    /// Records that the migrations ran.
+    pub fn set_schema_ready(&self) {
+        self.schema_ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the migrations ran.
+    pub fn schema_ready(&self) -> bool {
+        self.schema_ready.load(Ordering::Acquire)
+    }
+
+    /// Installs the broker probe (once; later calls are ignored).
+    pub fn set_broker_probe(&self, probe: BrokerProbe) {
+        let _ = self.broker.set(probe);
+    }
+
+    /// Whether the consumer is connected; `false` before it started.
+    pub fn broker_connected(&self) -> bool {
+        self.broker.get().is_some_and(|probe| probe())
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub storage: Storage,
+    /// The service's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Inputs of `/ready`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(notifications::router())
+        .merge(probes::router())
+        .with_state(state)
+}
