@@ -11,11 +11,13 @@
 mod database;
 pub mod kube;
 mod management;
+mod private_postgres;
 mod vhost;
 
 pub use crate::kube::{KubeError, TestNamespace, eventually, kube_client, kube_config, wait_for};
 pub use database::TestDb;
 pub use management::{Error as ManagementError, Management, QueueInfo};
+pub use private_postgres::PrivatePostgres;
 pub use vhost::TestVhost;
 
 /// Default test credentials; they must match `scripts/env.sh`.
