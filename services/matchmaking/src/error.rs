@@ -20,7 +20,7 @@ pub enum Error {
     /// The request could not be read: bad JSON, query or path (400, or the extractor's 4xx).
     #[error("bad request: {message}")]
     BadRequest {
-        /// HTTP status to answer (400, 415 or 422 from axum's extractors).
+        /// HTTP status to answer (400, or 415 for a body without a JSON content type).
         status: StatusCode,
         /// What was wrong, for the client.
         message: String,

@@ -15,7 +15,7 @@ fn client_error(status: StatusCode, message: String) -> Error {
     }
 }
 
-/// A JSON body; bad JSON answers 400, a wrong shape 422, a missing content type 415.
+/// A JSON body; bad JSON or a wrong shape answers 400, a missing content type 415.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -28,7 +28,14 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(r) => Err(client_error(r.status(), r.body_text())),
+            // serde's classification of "syntax" (400) versus "data" (422) errors is not
+            // stable across input shapes, so every unreadable body is a 400; only a missing
+            // content type keeps its 415.
+            Err(r) if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Err(client_error(r.status(), r.body_text()))
+            }
+            Err(r) if r.status().is_server_error() => Err(client_error(r.status(), r.body_text())),
+            Err(r) => Err(client_error(StatusCode::BAD_REQUEST, r.body_text())),
         }
     }
 }
