@@ -11,12 +11,14 @@
 mod database;
 pub mod kube;
 mod management;
+mod outage_proxy;
 mod private_postgres;
 mod vhost;
 
 pub use crate::kube::{KubeError, TestNamespace, eventually, kube_client, kube_config, wait_for};
 pub use database::TestDb;
 pub use management::{Error as ManagementError, Management, QueueInfo};
+pub use outage_proxy::OutageProxy;
 pub use private_postgres::PrivatePostgres;
 pub use vhost::TestVhost;
 
