@@ -1,0 +1,122 @@
+//! The AMQP login check behind `BrokerReady`: open a connection with the Secret's
+//! credentials, close it, within a timeout. Errors are reduced to messages that never hold
+//! the password (the URI is built as a struct and never formatted).
+use crate::builders::secret::Credentials;
+use crate::status::AmqpCheck;
+use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+
+/// Where to log in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// AMQP port.
+    pub port: u16,
+    /// AMQP over TLS.
+    pub tls: bool,
+}
+
+impl Target {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Parses `host:port` (the development override).
+    pub fn parse(address: &str, tls: bool) -> Option<Self> {
+        let (host, port) = address.rsplit_once(':')?;
+        Some(Self {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+            tls,
+        })
+    }
+}
+
+/// Opens and closes one AMQP connection to `target` as `creds`, vhost `/`.
+pub async fn check(target: &Target, creds: &Credentials, timeout: Duration) -> AmqpCheck {
+    let uri = AMQPUri {
+        scheme: if target.tls {
+            AMQPScheme::AMQPS
+        } else {
+            AMQPScheme::AMQP
+        },
+        authority: AMQPAuthority {
+            userinfo: AMQPUserInfo {
+                username: creds.username.clone(),
+                password: creds.password.clone(),
+            },
+            host: target.host.clone(),
+            port: target.port,
+        },
+        vhost: "/".into(),
+        query: AMQPQueryString {
+            connection_timeout: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
+            ..AMQPQueryString::default()
+        },
+    };
+    let properties =
+        ConnectionProperties::default().with_connection_name("swappo-operator broker check".into());
+    match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties)).await {
+        Err(_) => AmqpCheck::Timeout(timeout),
+        Ok(Err(e)) => classify(&e.to_string(), &creds.password),
+        Ok(Ok(conn)) => {
+            // A failed close is harmless: the login, which is what is checked, succeeded.
+            let _ = tokio::time::timeout(timeout, conn.close(200, "swappo-operator check".into()))
+                .await;
+            AmqpCheck::Ok
+        }
+    }
+}
+
+/// Sorts a connection error into refused credentials or no connection; the password is
+/// scrubbed from the text in case a library ever echoes it.
+pub fn classify(error: &str, password: &str) -> AmqpCheck {
+    let text = if password.is_empty() {
+        error.to_owned()
+    } else {
+        error.replace(password, "<redacted>")
+    };
+    let auth = ["ACCESS_REFUSED", "authentication", "Login was refused"];
+    if auth.iter().any(|m| text.contains(m)) {
+        AmqpCheck::AuthenticationFailed(text)
+    } else {
+        AmqpCheck::Unreachable(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_access_refused_error_is_an_authentication_failure() {
+        let e = "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN";
+        assert!(matches!(
+            classify(e, "pw"),
+            AmqpCheck::AuthenticationFailed(_)
+        ));
+        assert!(matches!(
+            classify("IO error: Connection refused", "pw"),
+            AmqpCheck::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn a_password_echoed_in_an_error_is_scrubbed() {
+        let AmqpCheck::Unreachable(text) = classify("bad uri amqp://u:s3cret@h", "s3cret") else {
+            panic!("not unreachable")
+        };
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn the_override_address_parses_as_host_and_port() {
+        let t = Target::parse("127.0.0.1:5672", false).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5672));
+        assert!(Target::parse("no-port", false).is_none());
+        assert!(Target::parse("h:notaport", false).is_none());
+    }
+}

@@ -1,0 +1,609 @@
+//! The broker the operator runs (DESIGN §4): ConfigMap, PVC, Deployment and Service.
+use super::secret::key;
+use super::{Names, labels, object_meta, selector_labels};
+use crate::crd::{AMQP_PORT, MANAGEMENT_PORT, PROMETHEUS_PORT, SwappoMessaging};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EnvVar, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// Image when `spec.broker.image` is unset.
+pub const DEFAULT_IMAGE: &str = "rabbitmq:3.13-management-alpine";
+/// Volume size when `spec.broker.storage.size` is unset.
+pub const DEFAULT_STORAGE: &str = "1Gi";
+/// The uid/gid of the `rabbitmq` user in the official images.
+const RABBITMQ_UID: i64 = 999;
+/// Old ReplicaSets kept for rollback; the stale-ReplicaSet clean-up handles the rest.
+const REVISION_HISTORY_LIMIT: i32 = 3;
+/// Seconds RabbitMQ gets to stop: it syncs queue indexes and closes connections cleanly on
+/// SIGTERM, which takes a few seconds on a small node and longer with a large backlog.
+const TERMINATION_GRACE_SECONDS: i64 = 120;
+/// Annotation on the pod template holding a hash of the broker configuration, so a config
+/// change rolls the broker (it reads `rabbitmq.conf` only at boot).
+pub const CONFIG_HASH_ANNOTATION: &str = "swappo.io/config-hash";
+
+const CONF_DIR: &str = "/etc/rabbitmq/conf.d";
+const PLUGINS_DIR: &str = "/etc/rabbitmq/swappo";
+const DATA_DIR: &str = "/var/lib/rabbitmq";
+const COOKIE_SECRET_DIR: &str = "/tmp/erlang-cookie-secret";
+
+/// `rabbitmq.conf` for `sm`: listeners, and a memory budget from the container's limit
+/// (the Erlang VM sees the node's memory, not the cgroup's, and would be OOM-killed).
+pub fn rabbitmq_conf(sm: &SwappoMessaging) -> String {
+    let mut conf = format!(
+        "# Written by swappo-operator from the SwappoMessaging {}; edits are overwritten.\n\
+         listeners.tcp.default = {AMQP_PORT}\n\
+         management.tcp.port = {MANAGEMENT_PORT}\n\
+         prometheus.tcp.port = {PROMETHEUS_PORT}\n\
+         # The guest user may only log in from localhost (never over the network).\n\
+         loopback_users.guest = true\n\
+         log.console = true\n\
+         log.console.level = info\n",
+        sm.metadata.name.as_deref().unwrap_or_default()
+    );
+    if let Some(limit) = memory_limit_bytes(&resources(sm)) {
+        conf.push_str(&format!(
+            "# Memory limit {limit} bytes minus headroom for the Erlang VM itself.\n\
+             total_memory_available_override_value = {}\n",
+            memory_budget(limit)
+        ));
+    }
+    conf
+}
+
+/// `enabled_plugins`: management (the API the operator and autoscaler read) and prometheus.
+pub const ENABLED_PLUGINS: &str = "[rabbitmq_management,rabbitmq_prometheus].\n";
+
+/// The memory RabbitMQ may plan with for a container limit of `limit` bytes: the limit minus
+/// a headroom of 20 %, at most 2 GiB (the RabbitMQ cluster-operator's rule).
+pub fn memory_budget(limit: u64) -> u64 {
+    const MAX_HEADROOM: u64 = 2 << 30;
+    limit - (limit / 5).min(MAX_HEADROOM)
+}
+
+/// Bytes of a memory quantity such as `512Mi`, `1G` or `1073741824`; `None` for forms this
+/// parser does not take (then no override is written and RabbitMQ uses its default).
+pub fn parse_memory(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (digits, suffix) = q.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+fn memory_limit_bytes(resources: &ResourceRequirements) -> Option<u64> {
+    parse_memory(&resources.limits.as_ref()?.get("memory")?.0)
+}
+
+/// The broker container's resources: the spec's, or requests 250m CPU / 256Mi and a 512Mi
+/// memory limit (enough for a development broker with small queues).
+pub fn resources(sm: &SwappoMessaging) -> ResourceRequirements {
+    sm.spec
+        .broker
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("250m".into())),
+                ("memory".to_owned(), Quantity("256Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("512Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        })
+}
+
+/// The ConfigMap with `rabbitmq.conf` and `enabled_plugins`.
+pub fn config_map(sm: &SwappoMessaging) -> ConfigMap {
+    ConfigMap {
+        metadata: object_meta(sm, &Names::of(sm).config_map),
+        data: Some(BTreeMap::from([
+            ("rabbitmq.conf".to_owned(), rabbitmq_conf(sm)),
+            ("enabled_plugins".to_owned(), ENABLED_PLUGINS.to_owned()),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The data volume claim (ReadWriteOnce: one broker pod at a time).
+pub fn pvc(sm: &SwappoMessaging) -> PersistentVolumeClaim {
+    let storage = sm.spec.broker.storage.clone().unwrap_or_default();
+    PersistentVolumeClaim {
+        metadata: object_meta(sm, &Names::of(sm).pvc),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(storage.size.unwrap_or_else(|| DEFAULT_STORAGE.into())),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The ClusterIP Service: amqp, management, prometheus.
+pub fn service(sm: &SwappoMessaging) -> Service {
+    let port = |name: &str, port: u16| ServicePort {
+        name: Some(name.to_owned()),
+        port: port.into(),
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: object_meta(sm, &Names::of(sm).service),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(sm)),
+            ports: Some(vec![
+                port("amqp", AMQP_PORT),
+                port("management", MANAGEMENT_PORT),
+                port("prometheus", PROMETHEUS_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Readiness: a TCP check of the AMQP port, 10/5/10/3. It costs nothing on the broker, and
+/// unlike `rabbitmq-diagnostics` (an Erlang VM per call: 0.7 to 1.0 s measured on an idle
+/// 2-core machine) it cannot time out under load; 5 s covers a busy node's accept queue.
+pub fn readiness_probe() -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("amqp".into()),
+            ..TCPSocketAction::default()
+        }),
+        initial_delay_seconds: Some(10),
+        timeout_seconds: Some(5),
+        period_seconds: Some(10),
+        success_threshold: Some(1),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// Startup: the same TCP check with 30 failures of 10 s allowed, so a broker recovering a
+/// large message store gets 5 minutes to open its port before Kubernetes gives up on it.
+/// There is deliberately no liveness probe: restarting a slow broker under load loses
+/// more than it heals (the RabbitMQ cluster-operator sets none either).
+pub fn startup_probe() -> Probe {
+    Probe {
+        initial_delay_seconds: Some(10),
+        failure_threshold: Some(30),
+        ..readiness_probe()
+    }
+}
+
+/// The restricted container security context (Pod Security Standards `restricted`).
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The restricted pod security context: the image's `rabbitmq` user, which owns the volume.
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RABBITMQ_UID),
+        run_as_group: Some(RABBITMQ_UID),
+        fs_group: Some(RABBITMQ_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash for the config annotation (not for security).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The broker Deployment: one replica, `strategy: Recreate` (the volume is ReadWriteOnce:
+/// a rolling update would start the new pod while the old one holds the volume, and leave
+/// two ReplicaSets live), the probes above, a restricted security context.
+pub fn deployment(sm: &SwappoMessaging) -> Deployment {
+    let names = Names::of(sm);
+    let image = sm
+        .spec
+        .broker
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_IMAGE.into());
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    };
+    let port = |name: &str, port: u16| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port.into(),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    let item = |key: &str, path: &str| KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        ..KeyToPath::default()
+    };
+    let config_hash = fnv1a(rabbitmq_conf(sm).as_bytes()) ^ fnv1a(ENABLED_PLUGINS.as_bytes());
+
+    // Erlang refuses a cookie file not owned by its user with mode 600; a Secret volume is
+    // root-owned, so an init container copies it onto the data volume (as the
+    // cluster-operator does).
+    let cookie_init = Container {
+        name: "erlang-cookie".into(),
+        image: Some(image.clone()),
+        command: Some(vec!["sh".into(), "-c".into()]),
+        args: Some(vec![format!(
+            "cp {COOKIE_SECRET_DIR}/.erlang.cookie {DATA_DIR}/.erlang.cookie && \
+             chmod 600 {DATA_DIR}/.erlang.cookie"
+        )]),
+        volume_mounts: Some(vec![
+            mount("data", DATA_DIR),
+            mount("erlang-cookie", COOKIE_SECRET_DIR),
+        ]),
+        security_context: Some(container_security_context()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("10m".into())),
+                ("memory".to_owned(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("64Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let broker = Container {
+        name: "rabbitmq".into(),
+        image: Some(image),
+        ports: Some(vec![
+            port("amqp", AMQP_PORT),
+            port("management", MANAGEMENT_PORT),
+            port("prometheus", PROMETHEUS_PORT),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
+            value: Some(format!("{PLUGINS_DIR}/enabled_plugins")),
+            ..EnvVar::default()
+        }]),
+        readiness_probe: Some(readiness_probe()),
+        startup_probe: Some(startup_probe()),
+        resources: Some(resources(sm)),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![
+            mount("data", DATA_DIR),
+            mount("config", CONF_DIR),
+            mount("plugins", PLUGINS_DIR),
+        ]),
+        ..Container::default()
+    };
+    let volumes = vec![
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names.pvc.clone(),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "config".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: names.config_map.clone(),
+                            items: Some(vec![item("rabbitmq.conf", "10-swappo.conf")]),
+                            ..ConfigMapProjection::default()
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: names.secret.clone(),
+                            items: Some(vec![item(key::DEFAULT_USER_CONF, "20-default-user.conf")]),
+                            ..SecretProjection::default()
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                ]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "plugins".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config_map.clone(),
+                items: Some(vec![item("enabled_plugins", "enabled_plugins")]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "erlang-cookie".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.secret.clone()),
+                items: Some(vec![item(key::ERLANG_COOKIE, ".erlang.cookie")]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    Deployment {
+        metadata: object_meta(sm, &names.deployment),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(sm)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(sm)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        format!("{config_hash:016x}"),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: Some(vec![cookie_init]),
+                    containers: vec![broker],
+                    volumes: Some(volumes),
+                    security_context: Some(pod_security_context()),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    automount_service_account_token: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TestExt;
+
+    fn pod_spec(d: &Deployment) -> &PodSpec {
+        d.spec.template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn the_broker_deployment_recreates_instead_of_rolling() {
+        let d = deployment(&SwappoMessaging::test());
+        let spec = &d.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.strategy.as_ref().unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
+        assert!(spec.revision_history_limit.unwrap() <= 3);
+        assert_eq!(
+            spec.selector.match_labels.as_ref(),
+            Some(&selector_labels(&SwappoMessaging::test()))
+        );
+    }
+
+    #[test]
+    fn readiness_is_a_tcp_check_with_five_second_timeout_and_no_exec_probe_exists() {
+        let d = deployment(&SwappoMessaging::test());
+        let c = &pod_spec(&d).containers[0];
+        let r = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            r.tcp_socket.as_ref().unwrap().port,
+            IntOrString::String("amqp".into())
+        );
+        assert_eq!(
+            (
+                r.initial_delay_seconds,
+                r.timeout_seconds,
+                r.period_seconds,
+                r.failure_threshold
+            ),
+            (Some(10), Some(5), Some(10), Some(3))
+        );
+        let s = c.startup_probe.as_ref().unwrap();
+        assert!(s.tcp_socket.is_some() && s.failure_threshold >= Some(30));
+        for probe in [&c.readiness_probe, &c.startup_probe, &c.liveness_probe]
+            .into_iter()
+            .flatten()
+        {
+            assert!(probe.exec.is_none() || probe.timeout_seconds >= Some(10));
+        }
+    }
+
+    #[test]
+    fn every_container_meets_the_restricted_pod_security_standard() {
+        let d = deployment(&SwappoMessaging::test());
+        let pod = pod_spec(&d);
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let containers = pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten());
+        for c in containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop,
+                Some(vec!["ALL".to_owned()])
+            );
+            assert_eq!(sc.run_as_non_root, Some(true));
+        }
+        assert!(pod.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+    }
+
+    #[test]
+    fn the_broker_mounts_its_volume_config_credentials_and_cookie() {
+        let d = deployment(&SwappoMessaging::test());
+        let pod = pod_spec(&d);
+        let volumes = pod.volumes.as_ref().unwrap();
+        let claim = volumes
+            .iter()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .unwrap();
+        assert_eq!(claim.claim_name, "test-rabbitmq-data");
+        let projected = volumes.iter().find_map(|v| v.projected.as_ref()).unwrap();
+        let sources = projected.sources.as_ref().unwrap();
+        assert_eq!(
+            sources[0].config_map.as_ref().unwrap().name,
+            "test-rabbitmq-config"
+        );
+        assert_eq!(sources[1].secret.as_ref().unwrap().name, "test-rabbitmq");
+        let env = pod.containers[0].env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .all(|e| e.value_from.is_none() && !e.name.contains("PASS"))
+        );
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template_hash() {
+        let a = deployment(&SwappoMessaging::test());
+        let mut sm = SwappoMessaging::test();
+        sm.spec.broker.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("1Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let b = deployment(&sm);
+        let hash = |d: &Deployment| {
+            d.spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&deployment(&SwappoMessaging::test())));
+    }
+
+    #[test]
+    fn the_service_exposes_amqp_management_and_prometheus() {
+        let s = service(&SwappoMessaging::test());
+        let spec = s.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        let ports: Vec<(String, i32)> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("amqp".into(), 5672),
+                ("management".into(), 15672),
+                ("prometheus".into(), 15692)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_claim_defaults_to_one_gibibyte_read_write_once() {
+        let claim = pvc(&SwappoMessaging::test());
+        let spec = claim.spec.unwrap();
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"].0,
+            "1Gi"
+        );
+        assert_eq!(spec.storage_class_name, None);
+    }
+
+    #[test]
+    fn the_config_enables_management_and_prometheus_and_budgets_memory() {
+        let cm = config_map(&SwappoMessaging::test());
+        let data = cm.data.unwrap();
+        assert!(data["enabled_plugins"].contains("rabbitmq_management"));
+        assert!(data["enabled_plugins"].contains("rabbitmq_prometheus"));
+        let conf = &data["rabbitmq.conf"];
+        assert!(conf.contains("listeners.tcp.default = 5672"));
+        // 512Mi limit minus 20 %.
+        assert!(conf.contains(&format!(
+            "total_memory_available_override_value = {}",
+            429_496_730
+        )));
+        assert!(!conf.contains("default_pass"));
+    }
+
+    #[test]
+    fn memory_quantities_parse_and_the_headroom_is_capped_at_two_gibibytes() {
+        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1048576"), Some(1 << 20));
+        assert_eq!(parse_memory("1.5Gi"), None);
+        assert_eq!(parse_memory("lots"), None);
+        assert_eq!(memory_budget(1000), 800);
+        assert_eq!(memory_budget(64 << 30), (64 << 30) - (2 << 30));
+    }
+}

@@ -1,0 +1,336 @@
+//! The credentials Secret `<name>-rabbitmq` (DESIGN §5).
+//!
+//! Keys: `username`, `password`, `host`, `port`, `uri`, `management-uri`, and for a broker the
+//! operator runs also `erlang-cookie` and `default_user.conf` (mounted into the broker's
+//! `conf.d`, so the password never sits in a ConfigMap or an environment variable).
+//! The random parts are generated once and taken over from the existing Secret on every later
+//! reconcile: nothing rotates by accident.
+use super::{Names, object_meta};
+use crate::crd::{AMQP_PORT, MANAGEMENT_PORT, SwappoMessaging};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use rand::Rng;
+use rand::distr::{Alphanumeric, Uniform};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Secret keys.
+pub mod key {
+    /// Broker user name.
+    pub const USERNAME: &str = "username";
+    /// Broker password.
+    pub const PASSWORD: &str = "password";
+    /// Host clients dial.
+    pub const HOST: &str = "host";
+    /// AMQP port.
+    pub const PORT: &str = "port";
+    /// `amqp://user:pass@host:port/%2f`.
+    pub const URI: &str = "uri";
+    /// `http://user:pass@host:15672`.
+    pub const MANAGEMENT_URI: &str = "management-uri";
+    /// Erlang distribution cookie of a managed broker.
+    pub const ERLANG_COOKIE: &str = "erlang-cookie";
+    /// `default_user`/`default_pass` for the broker's `conf.d`.
+    pub const DEFAULT_USER_CONF: &str = "default_user.conf";
+}
+
+/// Length of a generated password: 32 alphanumerics from a CSPRNG, about 190 bits
+/// (DESIGN asks for at least 24). Alphanumerics need no escaping in URIs or `rabbitmq.conf`.
+pub const PASSWORD_LEN: usize = 32;
+/// Length of the random suffix of a generated user name.
+const USERNAME_SUFFIX_LEN: usize = 12;
+/// Length of a generated Erlang cookie (uppercase letters, as Erlang writes its own).
+const COOKIE_LEN: usize = 32;
+
+/// Broker credentials. `Debug` and `Display` never show the password or the cookie.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Erlang cookie (managed brokers only).
+    pub erlang_cookie: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field(
+                "erlang_cookie",
+                &self.erlang_cookie.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Fresh random credentials from `rng` (the thread-local CSPRNG in production).
+    pub fn generate(rng: &mut impl Rng, with_cookie: bool) -> Self {
+        let alnum = |rng: &mut dyn rand::RngCore, n: usize| -> String {
+            rng.sample_iter(&Alphanumeric)
+                .take(n)
+                .map(char::from)
+                .collect()
+        };
+        let suffix: String = alnum(rng, USERNAME_SUFFIX_LEN).to_ascii_lowercase();
+        let upper = Uniform::new_inclusive(b'A', b'Z').expect("a valid range");
+        let cookie: String = (0..COOKIE_LEN)
+            .map(|_| char::from(rng.sample(upper)))
+            .collect();
+        Self {
+            username: format!("swappo-{suffix}"),
+            password: alnum(rng, PASSWORD_LEN),
+            erlang_cookie: with_cookie.then_some(cookie),
+        }
+    }
+
+    /// The credentials kept in an existing Secret, when it has a non-empty user and password
+    /// (and cookie, when `with_cookie`).
+    pub fn from_secret(secret: &Secret, with_cookie: bool) -> Option<Self> {
+        let username = secret_value(secret, key::USERNAME)?;
+        let password = secret_value(secret, key::PASSWORD)?;
+        let erlang_cookie = match with_cookie {
+            true => Some(secret_value(secret, key::ERLANG_COOKIE)?),
+            false => None,
+        };
+        Some(Self {
+            username,
+            password,
+            erlang_cookie,
+        })
+    }
+
+    /// Takes `existing`'s credentials when complete, otherwise generates new ones.
+    pub fn keep_or_generate(existing: Option<&Secret>, with_cookie: bool) -> (Self, bool) {
+        match existing.and_then(|s| Self::from_secret(s, with_cookie)) {
+            Some(kept) => (kept, false),
+            None => (Self::generate(&mut rand::rng(), with_cookie), true),
+        }
+    }
+}
+
+/// A non-empty UTF-8 value of `key` in `secret` (from `data`, or `stringData` as written).
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let from_string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
+    };
+    from_data
+        .or_else(from_string_data)
+        .filter(|v| !v.is_empty())
+}
+
+/// Where clients reach the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// AMQP port.
+    pub port: u16,
+    /// Management API port.
+    pub management_port: u16,
+    /// AMQP over TLS.
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// The broker endpoint of `sm`: the external broker, or the in-cluster Service's DNS name.
+    pub fn of(sm: &SwappoMessaging) -> Self {
+        match &sm.spec.broker.external {
+            Some(ext) => Self {
+                host: ext.host.clone(),
+                port: ext.port,
+                management_port: ext.management_port,
+                tls: ext.tls,
+            },
+            None => Self {
+                host: format!(
+                    "{}.{}.svc",
+                    Names::of(sm).service,
+                    sm.namespace().unwrap_or_else(|| "default".into())
+                ),
+                port: AMQP_PORT,
+                management_port: MANAGEMENT_PORT,
+                tls: false,
+            },
+        }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// The credentials Secret for `sm`.
+pub fn credentials_secret(
+    sm: &SwappoMessaging,
+    creds: &Credentials,
+    endpoint: &Endpoint,
+) -> Secret {
+    let Credentials {
+        username,
+        password,
+        erlang_cookie,
+    } = creds;
+    let host = &endpoint.host;
+    let scheme = if endpoint.tls { "amqps" } else { "amqp" };
+    let mut data: BTreeMap<&str, String> = BTreeMap::from([
+        (key::USERNAME, username.clone()),
+        (key::PASSWORD, password.clone()),
+        (key::HOST, host.clone()),
+        (key::PORT, endpoint.port.to_string()),
+        (
+            key::URI,
+            format!(
+                "{scheme}://{username}:{password}@{host}:{}/%2f",
+                endpoint.port
+            ),
+        ),
+        (
+            key::MANAGEMENT_URI,
+            format!(
+                "http://{username}:{password}@{host}:{}",
+                endpoint.management_port
+            ),
+        ),
+    ]);
+    if let Some(cookie) = erlang_cookie {
+        data.insert(key::ERLANG_COOKIE, cookie.clone());
+        data.insert(
+            key::DEFAULT_USER_CONF,
+            format!("default_user = {username}\ndefault_pass = {password}\n"),
+        );
+    }
+    Secret {
+        metadata: object_meta(sm, &Names::of(sm).secret),
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TestExt;
+    use rand::SeedableRng;
+
+    fn creds() -> Credentials {
+        Credentials::generate(&mut rand::rngs::StdRng::seed_from_u64(7), true)
+    }
+
+    fn value(secret: &Secret, key: &str) -> String {
+        secret_value(secret, key).unwrap_or_else(|| panic!("key {key} missing"))
+    }
+
+    #[test]
+    fn generated_passwords_are_long_random_and_never_the_well_known_defaults() {
+        let mut rng = rand::rng();
+        let a = Credentials::generate(&mut rng, true);
+        let b = Credentials::generate(&mut rng, true);
+        assert!(a.password.len() >= 24 && a.password.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a.password, b.password);
+        assert_ne!(a.username, b.username);
+        assert!(!["guest", "admin", "password", "rabbitmq"].contains(&a.password.as_str()));
+        assert_ne!(a.username, "guest");
+        let cookie = a.erlang_cookie.unwrap();
+        assert!(cookie.len() == 32 && cookie.chars().all(|c| c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn debug_output_redacts_the_password_and_cookie() {
+        let c = creds();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&c.password), "{shown}");
+        assert!(
+            !shown.contains(c.erlang_cookie.as_deref().unwrap()),
+            "{shown}"
+        );
+        assert!(shown.contains(&c.username));
+    }
+
+    #[test]
+    fn the_secret_has_every_key_services_read() {
+        let sm = SwappoMessaging::test();
+        let c = creds();
+        let secret = credentials_secret(&sm, &c, &Endpoint::of(&sm));
+        assert_eq!(secret.metadata.name.as_deref(), Some("test-rabbitmq"));
+        assert_eq!(value(&secret, "username"), c.username);
+        assert_eq!(value(&secret, "password"), c.password);
+        assert_eq!(value(&secret, "host"), "test-rabbitmq.test-ns.svc");
+        assert_eq!(value(&secret, "port"), "5672");
+        assert_eq!(
+            value(&secret, "uri"),
+            format!(
+                "amqp://{}:{}@test-rabbitmq.test-ns.svc:5672/%2f",
+                c.username, c.password
+            )
+        );
+        assert_eq!(
+            value(&secret, "management-uri"),
+            format!(
+                "http://{}:{}@test-rabbitmq.test-ns.svc:15672",
+                c.username, c.password
+            )
+        );
+        assert_eq!(
+            value(&secret, "erlang-cookie"),
+            c.erlang_cookie.clone().unwrap()
+        );
+        assert!(
+            value(&secret, "default_user.conf").contains(&format!("default_pass = {}", c.password))
+        );
+    }
+
+    #[test]
+    fn an_existing_complete_secret_is_kept_not_regenerated() {
+        let sm = SwappoMessaging::test();
+        let c = creds();
+        let existing = credentials_secret(&sm, &c, &Endpoint::of(&sm));
+        let (kept, generated) = Credentials::keep_or_generate(Some(&existing), true);
+        assert!(!generated);
+        assert_eq!(kept, c);
+    }
+
+    #[test]
+    fn a_secret_missing_its_password_gets_fresh_credentials() {
+        let sm = SwappoMessaging::test();
+        let mut existing = credentials_secret(&sm, &creds(), &Endpoint::of(&sm));
+        existing.data.as_mut().unwrap().remove("password");
+        let (_, generated) = Credentials::keep_or_generate(Some(&existing), true);
+        assert!(generated);
+        let (_, generated) = Credentials::keep_or_generate(None, true);
+        assert!(generated);
+    }
+
+    #[test]
+    fn an_external_broker_secret_points_at_it_and_has_no_cookie() {
+        let sm = SwappoMessaging::test().with_external("rabbit.example.com", true);
+        let c = Credentials {
+            erlang_cookie: None,
+            ..creds()
+        };
+        let secret = credentials_secret(&sm, &c, &Endpoint::of(&sm));
+        assert_eq!(value(&secret, "host"), "rabbit.example.com");
+        assert!(value(&secret, "uri").starts_with("amqps://"));
+        assert!(secret_value(&secret, "erlang-cookie").is_none());
+        assert!(secret_value(&secret, "default_user.conf").is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! The SwappoMessaging operator (DESIGN §3 to §5): CRD types ([`crd`]), pure builders of the
+//! owned objects ([`builders`]), the status decision ([`status`]), the reconciler
+//! ([`reconcile`]), leader election on a Lease ([`leader`]), metrics and health over HTTP.
+//!
+//! `main.rs` only parses flags, sets up logging and calls [`run`].
+#![forbid(unsafe_code)]
+
+pub mod amqp;
+pub mod autoscale;
+pub mod builders;
+pub mod config;
+pub mod crd;
+pub mod diff;
+pub mod error;
+pub mod fixtures;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod replicasets;
+pub mod status;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use reconcile::{Context, Settings};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A client from `--kubeconfig`, or the in-cluster / default configuration.
+pub async fn client(config: &Config) -> Result<kube::Client> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config(format!("no kubeconfig and not in a cluster: {e}")))?,
+    };
+    kube::Client::try_from(kube_config).map_err(|e| Error::Config(format!("kube client: {e}")))
+}
+
+/// Reconciler settings from the flags.
+pub fn settings(config: &Config, identity: &str) -> Result<Settings> {
+    let broker_override = match &config.broker_address_override {
+        None => None,
+        Some(addr) => Some(amqp::Target::parse(addr, false).ok_or_else(|| {
+            Error::Config(format!(
+                "--broker-address-override {addr:?} is not host:port"
+            ))
+        })?),
+    };
+    Ok(Settings {
+        broker_override,
+        amqp_timeout: config.amqp_timeout(),
+        recheck: Duration::from_secs(config.recheck_seconds.max(1)),
+        retry: Duration::from_secs(config.retry_seconds.max(1)),
+        instance: identity.to_owned(),
+    })
+}
+
+/// Runs the operator until `shutdown`: HTTP endpoints, leader election (unless disabled),
+/// and the controller while leading. Returns [`Error::LostLeadership`] when another replica
+/// took the Lease, so the process exits and restarts as a candidate.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let identity = config.identity();
+    let settings = settings(&config, &identity)?;
+    let client = client(&config).await?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state = http::State::new(metrics.clone());
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(Error::Http)?;
+    info!(addr = %listener.local_addr().map_err(Error::Http)?, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(http::serve(listener, state.clone(), shutdown.clone()));
+
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(Error::kube("ask the API server for its version"))?;
+    info!(version = %version.git_version, %identity, "connected to the API server");
+    state.set_ready(true);
+
+    let mut elector = config.leader_election.then(|| {
+        let timing = leader::Timing::for_lease(Duration::from_secs(config.lease_duration_seconds));
+        leader::Elector::new(
+            client.clone(),
+            &config.lease_namespace,
+            &config.lease_name,
+            &identity,
+            timing,
+        )
+    });
+    if let Some(elector) = elector.as_mut() {
+        info!(lease = %config.lease_name, namespace = %config.lease_namespace, "waiting to lead");
+        if !elector.acquire(&shutdown).await {
+            info!("shut down before leading");
+            return server.await.map_err(|e| Error::Config(e.to_string()))?;
+        }
+        info!(lease = %config.lease_name, "leading: starting the controller");
+    }
+    metrics.leader.set(1);
+
+    let ctx = Arc::new(Context::new(client, metrics.clone(), settings));
+    let controller_stop = shutdown.child_token();
+    let controller =
+        reconcile::run_controller(ctx, config.namespace.as_deref(), controller_stop.clone());
+    let hold = async {
+        let held = match elector.as_mut() {
+            Some(elector) => elector.hold(&shutdown).await,
+            None => {
+                shutdown.cancelled().await;
+                Ok(())
+            }
+        };
+        controller_stop.cancel();
+        held
+    };
+    let (held, ()) = tokio::join!(hold, controller);
+    metrics.leader.set(0);
+    if let Some(elector) = elector.as_mut()
+        && held.is_ok()
+        && let Err(e) = elector.release().await
+    {
+        warn!(error = %e, "could not release the leader lease");
+    }
+    shutdown.cancel();
+    let served = server.await.map_err(|e| Error::Config(e.to_string()))?;
+    held.and(served)
+}

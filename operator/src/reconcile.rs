@@ -1,0 +1,466 @@
+//! The reconciler: observe the resource and its objects, decide with the pure builders and
+//! status functions, apply with server-side apply under one field manager ([`MANAGER`]).
+//! Nothing is written when the observed state already matches the decision.
+use crate::amqp::{self, Target};
+use crate::builders::secret::{Credentials, Endpoint, credentials_secret, key, secret_value};
+use crate::builders::{MANAGER, Names, broker, managed_by_selector};
+use crate::crd::SwappoMessaging;
+use crate::diff::needs_apply;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{
+    self, AmqpCheck, CredentialsState, Observed, condition, desired_status, transitions,
+};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, instrument, warn};
+
+/// Reconciler settings (from the flags, or set directly by tests).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Dial this instead of the broker's endpoint (development only).
+    pub broker_override: Option<Target>,
+    /// AMQP login timeout.
+    pub amqp_timeout: Duration,
+    /// Requeue interval while the broker is ready.
+    pub recheck: Duration,
+    /// Requeue interval while it is not.
+    pub retry: Duration,
+    /// `reportingInstance` of Events.
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker_override: None,
+            amqp_timeout: Duration::from_secs(5),
+            recheck: Duration::from_secs(60),
+            retry: Duration::from_secs(10),
+            instance: "swappo-operator".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(settings.instance.clone()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    async fn event(&self, sm: &SwappoMessaging, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &sm.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish an Event");
+        } else {
+            self.metrics.wrote("Event");
+        }
+    }
+}
+
+/// The delay before retrying after `failures` consecutive failures: 5 s doubling to 5 min.
+pub fn backoff_delay(failures: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << failures.min(6)).min(300))
+}
+
+/// `error_policy`: requeue with a per-object exponential backoff.
+pub fn error_policy(sm: Arc<SwappoMessaging>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx
+        .failures
+        .lock()
+        .expect("the failure map is never poisoned");
+    let n = failures
+        .entry(ObjectRef::from_obj(sm.as_ref()))
+        .or_insert(0);
+    let delay = backoff_delay(*n);
+    *n = n.saturating_add(1);
+    warn!(name = %sm.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Reconciles one `SwappoMessaging`.
+#[instrument(skip(sm, ctx), fields(namespace = sm.namespace().unwrap_or_default(), name = sm.name_any()))]
+pub async fn reconcile(sm: Arc<SwappoMessaging>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let result = reconcile_inner(&sm, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .expect("never poisoned")
+                .remove(&ObjectRef::from_obj(sm.as_ref()));
+        }
+        Err(e) => {
+            ctx.metrics.reconcile_failed(e);
+            ctx.event(&sm, true, "ReconcileFailed", e.to_string()).await;
+        }
+    }
+    result
+}
+
+/// Outcome of [`ensure`].
+enum Applied<K> {
+    Unchanged(K),
+    Created(K),
+    Repaired(K),
+}
+
+impl<K> Applied<K> {
+    fn into_inner(self) -> K {
+        match self {
+            Applied::Unchanged(k) | Applied::Created(k) | Applied::Repaired(k) => k,
+        }
+    }
+}
+
+/// Applies `desired` unless `observed` already has everything it sets.
+async fn ensure<K>(
+    api: &Api<K>,
+    desired: &K,
+    observed: Option<K>,
+    ctx: &Context,
+) -> Result<Applied<K>>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let kind = K::kind(&());
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let differs = needs_apply(desired, observed.as_ref()).map_err(|source| Error::Serialize {
+        what: format!("{kind} {name}"),
+        source,
+    })?;
+    match observed {
+        Some(current) if !differs => Ok(Applied::Unchanged(current)),
+        observed => {
+            let applied = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(desired),
+                )
+                .await
+                .map_err(Error::kube(format!("apply {kind} {name}")))?;
+            ctx.metrics.wrote(&kind);
+            Ok(if observed.is_some() {
+                Applied::Repaired(applied)
+            } else {
+                Applied::Created(applied)
+            })
+        }
+    }
+}
+
+/// Publishes Created / Repaired Events for an [`ensure`] outcome.
+async fn report<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    sm: &SwappoMessaging,
+    applied: &Applied<K>,
+) {
+    let (reason, verb, obj) = match applied {
+        Applied::Unchanged(_) => return,
+        Applied::Created(k) => ("Created", "created", k),
+        Applied::Repaired(k) => ("Updated", "put back the desired state of", k),
+    };
+    let note = format!("{verb} {} {}", K::kind(&()), obj.name_any());
+    info!("{note}");
+    ctx.event(sm, false, reason, note).await;
+}
+
+async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(Error::kube(format!("get {} {name}", K::kind(&()))))
+}
+
+/// The credentials to use and what to report about them.
+async fn credentials(
+    sm: &SwappoMessaging,
+    secrets: &Api<Secret>,
+    own: Option<&Secret>,
+    names: &Names,
+) -> Result<(Option<Credentials>, CredentialsState)> {
+    let managed = sm.is_managed();
+    let Some(user_secret) = &sm.spec.broker.credentials_secret else {
+        let (creds, generated) = Credentials::keep_or_generate(own, managed);
+        if generated {
+            info!(secret = %names.secret, username = %creds.username, "generated broker credentials");
+        }
+        let state = CredentialsState::Ok {
+            secret: names.secret.clone(),
+            username: creds.username.clone(),
+        };
+        return Ok((Some(creds), state));
+    };
+    let Some(source) = get(secrets, user_secret).await? else {
+        return Ok((None, CredentialsState::SecretNotFound(user_secret.clone())));
+    };
+    let incomplete = |key: &str| CredentialsState::SecretIncomplete {
+        secret: user_secret.clone(),
+        key: key.into(),
+    };
+    let Some(username) = secret_value(&source, key::USERNAME) else {
+        return Ok((None, incomplete(key::USERNAME)));
+    };
+    let Some(password) = secret_value(&source, key::PASSWORD) else {
+        return Ok((None, incomplete(key::PASSWORD)));
+    };
+    // A managed broker still needs a cookie of its own: kept from the operator's Secret.
+    let erlang_cookie = managed.then(|| {
+        own.and_then(|s| secret_value(s, key::ERLANG_COOKIE))
+            .unwrap_or_else(|| {
+                Credentials::generate(&mut rand::rng(), true)
+                    .erlang_cookie
+                    .unwrap_or_default()
+            })
+    });
+    let state = CredentialsState::Ok {
+        secret: names.secret.clone(),
+        username: username.clone(),
+    };
+    Ok((
+        Some(Credentials {
+            username,
+            password,
+            erlang_cookie,
+        }),
+        state,
+    ))
+}
+
+async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
+    let ns = sm
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(sm.name_any()))?;
+    if sm.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it: garbage collection follows the owner references.
+        return Ok(Action::await_change());
+    }
+    let client = ctx.client.clone();
+    let names = Names::of(sm);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
+    let own_secret = get(&secrets, &names.secret).await?;
+    let (creds, credentials_state) = credentials(sm, &secrets, own_secret.as_ref(), &names).await?;
+    let endpoint = Endpoint::of(sm);
+    if let Some(creds) = &creds {
+        let desired = credentials_secret(sm, creds, &endpoint);
+        let applied = ensure(&secrets, &desired, own_secret, ctx).await?;
+        report(ctx, sm, &applied).await;
+    }
+
+    let mut broker_pods = None;
+    if sm.is_managed() {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let cm = get(&config_maps, &names.config_map).await?;
+        report(
+            ctx,
+            sm,
+            &ensure(&config_maps, &broker::config_map(sm), cm, ctx).await?,
+        )
+        .await;
+
+        // Created once: a claim's spec is immutable but for growing, which is a manual step.
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        if get(&claims, &names.pvc).await?.is_none() {
+            let pvc = broker::pvc(sm);
+            claims
+                .create(
+                    &PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &pvc,
+                )
+                .await
+                .map_err(Error::kube(format!(
+                    "create PersistentVolumeClaim {}",
+                    names.pvc
+                )))?;
+            ctx.metrics.wrote("PersistentVolumeClaim");
+            report(ctx, sm, &Applied::Created(pvc)).await;
+        }
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let current = get(&deployments, &names.deployment).await?;
+        let applied = ensure(&deployments, &broker::deployment(sm), current, ctx).await?;
+        report(ctx, sm, &applied).await;
+        let deployment = applied.into_inner();
+        let status = deployment.status.unwrap_or_default();
+        let wanted = deployment.spec.replicas.unwrap_or(1);
+        broker_pods = Some((status.available_replicas.unwrap_or(0), wanted));
+
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let svc = get(&services, &names.service).await?;
+        report(
+            ctx,
+            sm,
+            &ensure(&services, &broker::service(sm), svc, ctx).await?,
+        )
+        .await;
+    }
+
+    let target = ctx
+        .settings
+        .broker_override
+        .clone()
+        .unwrap_or_else(|| Target {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            tls: endpoint.tls,
+        });
+    let pods_ready = broker_pods.is_none_or(|(ready, _)| ready >= 1);
+    let amqp = match &creds {
+        Some(creds) if pods_ready => {
+            Some(amqp::check(&target, creds, ctx.settings.amqp_timeout).await)
+        }
+        _ => None,
+    };
+    debug!(check = ?amqp.as_ref().map(|a| matches!(a, AmqpCheck::Ok)), "broker login checked");
+    let observed = Observed {
+        endpoint: endpoint.address(),
+        dialled: target.address(),
+        credentials: credentials_state,
+        broker_pods,
+        amqp,
+    };
+    // Whole seconds: the API keeps conditions' times at second precision.
+    let now =
+        Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let status = desired_status(sm, &observed, &now);
+    if sm.status.as_ref() != Some(&status) {
+        let api: Api<SwappoMessaging> = Api::namespaced(client, &ns);
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(
+            &sm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "patch status of SwappoMessaging {}",
+            sm.name_any()
+        )))?;
+        ctx.metrics.wrote("SwappoMessaging/status");
+        for t in transitions(sm.status.as_ref(), &status) {
+            info!(reason = %t.reason, "{}", t.note);
+            ctx.event(sm, t.warning, &t.reason, t.note).await;
+        }
+    }
+    let broker_ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::BROKER_READY && c.status == "True");
+    Ok(Action::requeue(if broker_ready {
+        ctx.settings.recheck
+    } else {
+        ctx.settings.retry
+    }))
+}
+
+/// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all)
+/// and the objects it owns (selected by the `managed-by` label).
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: CancellationToken,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let client = &ctx.client;
+    let owned = watcher::Config::default().labels(&managed_by_selector());
+    Controller::new(
+        api::<SwappoMessaging>(client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Deployment>(client, namespace), owned.clone())
+    .owns(api::<Service>(client, namespace), owned.clone())
+    .owns(api::<ConfigMap>(client, namespace), owned.clone())
+    .owns(api::<Secret>(client, namespace), owned.clone())
+    .owns(api::<PersistentVolumeClaim>(client, namespace), owned)
+    .graceful_shutdown_on(shutdown.cancelled_owned())
+    .run(reconcile, error_policy, ctx.clone())
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+            Err(e) => debug!(error = %e, "reconcile did not complete"),
+        }
+    })
+    .await;
+    info!("controller stopped");
+}
+
+/// The condition types this reconciler writes.
+pub const CONDITIONS: [&str; 2] = [status::condition::READY, status::condition::BROKER_READY];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_from_five_seconds_to_five_minutes() {
+        assert_eq!(backoff_delay(0), Duration::from_secs(5));
+        assert_eq!(backoff_delay(1), Duration::from_secs(10));
+        assert_eq!(backoff_delay(3), Duration::from_secs(40));
+        assert_eq!(backoff_delay(6), Duration::from_secs(300));
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+    }
+}
