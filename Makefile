@@ -26,6 +26,10 @@ lint: ## rustfmt check and clippy with -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: crds
+crds: ## Regenerate crds/ from the operator's Rust types (a test fails when it is stale)
+	cargo run -q -p swappo-operator --bin crdgen > crds/swappo.io_swappomessagings.yaml
+
 .PHONY: testenv-deps
 testenv-deps: ## Install (Debian) and start RabbitMQ + management and PostgreSQL on loopback
 	bash scripts/testenv-deps.sh
