@@ -28,6 +28,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 
+    /// Milliseconds a request waits for a database connection before failing with 500
+    /// (default 5 s: longer than a healthy pool ever needs, shorter than client timeouts).
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub database_acquire_timeout_ms: u64,
+
     /// Address the HTTP API listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
@@ -106,6 +111,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
+            .field(
+                "database_acquire_timeout_ms",
+                &self.database_acquire_timeout_ms,
+            )
             .field("listen_addr", &self.listen_addr)
             .field(
                 "rabbitmq_url",

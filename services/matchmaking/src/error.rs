@@ -37,7 +37,7 @@ pub enum Error {
     /// No route matches the request's path (404).
     #[error("no such route")]
     NoRoute,
-    /// The database failed (500, details only in the log).
+    /// The database failed (500, or 503 when it is unreachable; details only in the log).
     #[error("database error")]
     Database(#[from] sqlx::Error),
     /// Anything else internal (500, details only in the log).
@@ -58,11 +58,12 @@ impl Error {
     /// A short stable code: the `error` field of the JSON body and a metric label.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Validation(_) => "validation_failed",
+            Error::Validation(_) => "invalid_field",
             Error::BadRequest { .. } => "bad_request",
             Error::Forbidden(_) => "forbidden",
             Error::InvalidTransition(_) => "invalid_transition",
             Error::OfferNotFound(_) | Error::NoRoute => "not_found",
+            Error::Database(_) if self.database_unreachable() => "unavailable",
             Error::Database(_) | Error::Internal(_) => "internal",
         }
     }
@@ -74,6 +75,7 @@ impl Error {
             Error::BadRequest { status, .. } => *status,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::OfferNotFound(_) | Error::NoRoute => StatusCode::NOT_FOUND,
+            Error::Database(_) if self.database_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,28 +89,45 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether this is the database being unreachable (retry later) rather than a bug.
+    fn database_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        )
+    }
+
+    /// What the client may see.
+    fn public_message(&self) -> String {
+        match self {
+            Error::Validation(v) => v.reason.clone(),
+            Error::BadRequest { message, .. } => message.clone(),
+            Error::Forbidden(m) => (*m).to_string(),
+            Error::InvalidTransition(m) => m.clone(),
+            Error::OfferNotFound(_) | Error::NoRoute => self.to_string(),
+            Error::Database(_) if self.database_unreachable() => {
+                "database unavailable, retry later".to_string()
+            }
+            Error::Database(_) | Error::Internal(_) => "internal error".to_string(),
+        }
+    }
+}
+
 impl IntoResponse for Error {
+    /// `{"error": {"code", "message", "field"}}`, the shape the notifications service uses.
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = match &self {
-            Error::Validation(v) => {
-                json!({"error": self.code(), "field": v.field, "message": v.reason})
-            }
-            Error::BadRequest { message, .. } => json!({"error": self.code(), "message": message}),
-            Error::Forbidden(m) => json!({"error": self.code(), "message": m}),
-            Error::InvalidTransition(m) => json!({"error": self.code(), "message": m}),
-            Error::OfferNotFound(_) | Error::NoRoute => {
-                json!({"error": self.code(), "message": self.to_string()})
-            }
-            Error::Database(e) => {
-                tracing::error!(error = %e, "database error while serving a request");
-                json!({"error": self.code(), "message": "internal error"})
-            }
-            Error::Internal(e) => {
-                tracing::error!(error = %e, "internal error while serving a request");
-                json!({"error": self.code(), "message": "internal error"})
-            }
+        if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        let field = match &self {
+            Error::Validation(v) => Some(v.field),
+            _ => None,
         };
+        let body = json!({"error": {"code": self.code(), "message": self.public_message(), "field": field}});
         let mut resp = (status, Json(body)).into_response();
         // Lets the metrics layer count errors by kind without parsing bodies.
         resp.extensions_mut().insert(ErrorCode(self.code()));
@@ -135,7 +154,17 @@ mod tests {
             .await
             .unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert_eq!(text, r#"{"error":"internal","message":"internal error"}"#);
+        assert_eq!(
+            text,
+            r#"{"error":{"code":"internal","field":null,"message":"internal error"}}"#
+        );
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_503_to_retry() {
+        let err = Error::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.public_message(), "database unavailable, retry later");
     }
 
     #[test]

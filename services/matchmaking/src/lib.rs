@@ -35,12 +35,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Connects to PostgreSQL. The pool connects lazily, so the service starts (and `/ready`
-/// says why it is not ready) while the database is still coming up.
-pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+/// says why it is not ready) while the database is still coming up. A request waits at most
+/// `acquire_timeout` for a connection, then fails with 500 instead of hanging.
+pub fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        // A request waits at most 5 s for a connection, then fails with 500 instead of hanging.
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .connect_lazy(url)
 }
 
@@ -48,6 +52,12 @@ pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Err
 /// sqlx's advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!().run(pool).await
+}
+
+/// Publisher settings for the relay: persistent events with confirms, to `queue` through
+/// the default exchange.
+pub fn publisher_options(queue: &str) -> PublisherOptions {
+    PublisherOptions::for_queue(queue)
 }
 
 /// One service instance: its state and, when enabled, its relay.

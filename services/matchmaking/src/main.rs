@@ -2,9 +2,9 @@
 //! the outbox relay until SIGTERM or Ctrl-C.
 use anyhow::Context;
 use clap::Parser;
+use std::time::Duration;
 use swappo_matchmaking::config::{Config, LogFormat};
-use swappo_matchmaking::publisher_stub::PublisherOptions;
-use swappo_matchmaking::{Service, connect_lazy, migrate, serve};
+use swappo_matchmaking::{Service, connect_lazy, migrate, publisher_options, serve};
 use swappo_messaging::BrokerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -20,8 +20,12 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(?config, "starting");
 
-    let pool = connect_lazy(&config.database_url, config.database_max_connections)
-        .context("invalid DATABASE_URL")?;
+    let pool = connect_lazy(
+        &config.database_url,
+        config.database_max_connections,
+        Duration::from_millis(config.database_acquire_timeout_ms),
+    )
+    .context("invalid DATABASE_URL")?;
     migrate(&pool)
         .await
         .context("applying database migrations")?;
@@ -34,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
             None => BrokerConfig::from_env(),
         }
         .context("invalid RabbitMQ settings")?;
-        let publisher = PublisherOptions::for_queue(&config.notifications_queue);
+        let publisher = publisher_options(&config.notifications_queue);
         let relay = service.relay(broker, publisher, config.relay_options());
         Some(tokio::spawn(relay.run(shutdown.clone())))
     } else {

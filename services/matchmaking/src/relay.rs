@@ -334,9 +334,12 @@ impl Relay {
     }
 }
 
+/// A row that was not published: its id and why.
+type Failure = (i64, String);
+
 /// Splits claimed rows into publishable events and rows whose payload does not parse (a bug
 /// or a hand-edited row: recorded as failed with the reason, never published half-read).
-fn decode(claimed: &[Claimed]) -> (Vec<(&Claimed, NotificationEvent)>, Vec<(i64, String)>) {
+fn decode(claimed: &[Claimed]) -> (Vec<(&Claimed, NotificationEvent)>, Vec<Failure>) {
     let mut events = Vec::with_capacity(claimed.len());
     let mut failed = Vec::new();
     for row in claimed {

@@ -72,8 +72,12 @@ async fn every_actor_status_and_target_gets_the_answer_of_the_transition_table()
                     } else {
                         "invalid_transition"
                     };
-                    assert_eq!(body["error"], code_word, "{body}");
-                    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+                    assert_eq!(body["error"]["code"], code_word, "{body}");
+                    assert!(
+                        body["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| !m.is_empty())
+                    );
                     assert_eq!(
                         now["status"], from,
                         "a refused change leaves the offer as it was"
@@ -153,7 +157,7 @@ async fn an_offer_change_whose_event_cannot_be_stored_is_not_committed() {
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
         body,
-        json!({"error": "internal", "message": "internal error"}),
+        json!({"error": {"code": "internal", "message": "internal error", "field": null}}),
         "no internals leak"
     );
     let (_, offer) = env.api.get(&format!("/api/v1/offers/{id}")).await;
@@ -223,7 +227,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
         .call(Method::DELETE, &format!("/api/v1/offers/{id}"), None)
         .await;
     assert_eq!(
-        (got, body["field"].clone()),
+        (got, body["error"]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("user_id"))
     );
     let (got, body) = env.api.call(Method::DELETE, &del(P), None).await;
@@ -249,7 +253,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
         )
         .await;
     assert_eq!(
-        (got, body["error"].clone()),
+        (got, body["error"]["code"].clone()),
         (StatusCode::BAD_REQUEST, json!("invalid_transition"))
     );
     assert_eq!(
@@ -258,7 +262,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
     );
 }
 
-/// Asserts `status` and the `error` code; for validation errors also the field.
+/// Asserts `status`, the error code, a message, and the field (`null` unless given).
 fn assert_refused(
     case: &str,
     got: (StatusCode, Value),
@@ -268,13 +272,15 @@ fn assert_refused(
 ) {
     let (code, body) = got;
     assert_eq!(code, status, "{case}: {body}");
-    assert_eq!(body["error"], error, "{case}: {body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], error, "{case}: {body}");
     assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{case}: {body}"
     );
-    if let Some(f) = field {
-        assert_eq!(body["field"], f, "{case}: {body}");
+    match field {
+        Some(f) => assert_eq!(e["field"], f, "{case}: {body}"),
+        None => assert_eq!(e["field"], Value::Null, "{case}: {body}"),
     }
 }
 
@@ -359,7 +365,7 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
             case,
             got,
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some(field),
         );
     }
@@ -419,18 +425,28 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
     assert_eq!(env.count("outbox").await, 0, "no event written");
 }
 
+/// (case, path, body, expected status, error code, field).
+type PatchCase = (
+    &'static str,
+    String,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+);
+
 #[tokio::test]
 async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
     let env = Env::start().await;
     let id = env.api.create(P, R, &[1], &[2]).await;
     let path = format!("/api/v1/offers/{id}?user_id={R}");
-    let cases: Vec<(&str, String, Option<Value>, StatusCode, &str, Option<&str>)> = vec![
+    let cases: Vec<PatchCase> = vec![
         (
             "no user",
             format!("/api/v1/offers/{id}"),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
@@ -438,7 +454,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
             format!("/api/v1/offers/{id}?user_id="),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
@@ -551,14 +567,14 @@ async fn bad_reads_are_refused_with_the_reason() {
             "list: no user",
             "/api/v1/offers".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
             "list: blank user",
             "/api/v1/offers?user_id=%20".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
@@ -572,14 +588,14 @@ async fn bad_reads_are_refused_with_the_reason() {
             "list: limit 0",
             "/api/v1/offers?user_id=a&limit=0".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("limit"),
         ),
         (
             "list: limit 101",
             "/api/v1/offers?user_id=a&limit=101".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("limit"),
         ),
         (
@@ -593,7 +609,7 @@ async fn bad_reads_are_refused_with_the_reason() {
             "list: negative offset",
             "/api/v1/offers?user_id=a&offset=-1".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("offset"),
         ),
         (
@@ -607,7 +623,7 @@ async fn bad_reads_are_refused_with_the_reason() {
             "list: both sides off",
             "/api/v1/offers?user_id=a&as_proposer=false&as_receiver=false".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("as_receiver"),
         ),
         (
@@ -621,14 +637,14 @@ async fn bad_reads_are_refused_with_the_reason() {
             "received: long user",
             format!("/api/v1/offers/received/{long}"),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
             "received: bad limit",
             "/api/v1/offers/received/a?limit=0".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("limit"),
         ),
         (
@@ -642,14 +658,14 @@ async fn bad_reads_are_refused_with_the_reason() {
             "sent: long user",
             format!("/api/v1/offers/sent/{long}"),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
             "sent: negative offset",
             "/api/v1/offers/sent/a?offset=-5".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("offset"),
         ),
         (
@@ -663,35 +679,35 @@ async fn bad_reads_are_refused_with_the_reason() {
             "by-item: zero",
             "/api/v1/offers/by-item/0".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("item_id"),
         ),
         (
             "by-item: negative",
             "/api/v1/offers/by-item/-4".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("item_id"),
         ),
         (
             "by-item: bad limit",
             "/api/v1/offers/by-item/4?limit=1000".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("limit"),
         ),
         (
             "statistics: long user",
             format!("/api/v1/statistics/{long}"),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
             "statistics: padded user",
             "/api/v1/statistics/%20a".into(),
             StatusCode::BAD_REQUEST,
-            "validation_failed",
+            "invalid_field",
             Some("user_id"),
         ),
         (
@@ -853,9 +869,12 @@ async fn ready_reports_a_database_that_does_not_answer() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let pool =
-        swappo_matchmaking::connect_lazy(&format!("postgres://u:secret@127.0.0.1:{port}/none"), 2)
-            .unwrap();
+    let pool = swappo_matchmaking::connect_lazy(
+        &format!("postgres://u:secret@127.0.0.1:{port}/none"),
+        2,
+        std::time::Duration::from_millis(300),
+    )
+    .unwrap();
     let service = swappo_matchmaking::Service::new(pool);
     let instance = common::Instance::start(&service).await;
     let api = Api::new(&instance.base);
@@ -866,8 +885,8 @@ async fn ready_reports_a_database_that_does_not_answer() {
     assert_eq!(
         (code, body),
         (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": "internal", "message": "internal error"})
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": {"code": "unavailable", "message": "database unavailable, retry later", "field": null}})
         )
     );
     assert_eq!(api.get("/health").await.0, StatusCode::OK);
