@@ -150,6 +150,32 @@ impl Management {
         }
     }
 
+    /// Creates (or updates) user `name` with `password`, no tags, and full permissions on
+    /// `vhost`: a broker user matching credentials a test was handed (an operator's Secret).
+    pub async fn create_user(&self, name: &str, password: &str, vhost: &str) -> Result<(), Error> {
+        let u = enc(name);
+        let user = serde_json::json!({"password": password, "tags": ""});
+        self.send(self.client.put(self.url(&format!("/api/users/{u}"))).json(&user), "create user")
+            .await?;
+        let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+        let v = enc(vhost);
+        self.send(
+            self.client.put(self.url(&format!("/api/permissions/{v}/{u}"))).json(&perms),
+            "set user permissions",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes user `name`; a missing user is not an error.
+    pub async fn delete_user(&self, name: &str) -> Result<(), Error> {
+        let req = self.client.delete(self.url(&format!("/api/users/{}", enc(name))));
+        match self.send(req, "delete user").await {
+            Err(Error::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// The queue's counts, or `None` when it does not exist.
     pub async fn queue(&self, vhost: &str, name: &str) -> Result<Option<QueueInfo>, Error> {
         let req = self
