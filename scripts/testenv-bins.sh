@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds the local Kubernetes control plane's binaries from the Go module proxy, at pinned
+# versions, into a cache outside the repo ($SWAPPO_TESTBIN = $SWAPPO_CACHE/testbin/<k8s version>):
+#   etcd                                        hack/testplane/etcd (wrapper module, go.sum pinned)
+#   kube-apiserver, kube-controller-manager,
+#   kube-scheduler, kubectl                     hack/testplane/k8s  (wrapper module, go.sum pinned)
+#   kwok, helm                                  `go install module@version`
+# Each component has a stamp file recording what it was built from (versions, wrapper go.mod and
+# go.sum, Go version, flags); a component whose stamp matches is not rebuilt, so a second run
+# only checks. Prints every binary's version at the end.
+#
+# Options: --check-staging  only compare the k8s wrapper's replace list with the staging modules
+#                           of the real k8s.io/kubernetes go.mod, then exit.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+# shellcheck source=env.sh
+source "$here/env.sh"
+
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+K8S_MOD="$root/hack/testplane/k8s"
+ETCD_MOD="$root/hack/testplane/etcd"
+
+# Never download a toolchain, build static binaries, and build only from the committed go.sum.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false"
+# Two cores: at most two packages compile at once. Linking kube-apiserver peaks around 2-3 GiB,
+# so two parallel jobs stay far below the machine's 24 GiB even next to cargo.
+GO_PARALLEL="${SWAPPO_GO_PARALLEL:-2}"
+
+command -v go >/dev/null 2>&1 || die "go is not installed (Go >= 1.26 is needed: the modules declare go 1.26.0)"
+go_version="$(go env GOVERSION)"
+case "$go_version" in
+  go1.2[6-9]* | go1.[3-9][0-9]*) ;;
+  *) die "Go >= 1.26 is needed (the Kubernetes v1.37 modules declare go 1.26.0); found $go_version" ;;
+esac
+
+# Version stamp for the Kubernetes binaries: without it `--version` says v0.0.0-master and
+# the apiserver's /version has empty major/minor (hack/lib/version.sh sets the same variables).
+k8s_ldflags() {
+  local v="$SWAPPO_K8S_VERSION" minor p flags="-s -w"
+  minor="$(echo "$v" | cut -d. -f2)"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  echo "$flags"
+}
+
+# The staging modules of the real k8s.io/kubernetes go.mod must all be replaced in the wrapper.
+check_staging() {
+  local mod want have missing
+  mod="$(cd "$K8S_MOD" && go mod download -json "k8s.io/kubernetes@$SWAPPO_K8S_VERSION" | jq -r .GoMod)"
+  want="$(sed -n 's|^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*|\1|p' "$mod" | sort)"
+  have="$(cd "$K8S_MOD" && go mod edit -json | jq -r '.Replace[].Old.Path' | sort)"
+  missing="$(comm -23 <(echo "$want") <(echo "$have"))"
+  [ -z "$missing" ] || die "hack/testplane/k8s/go.mod lacks replaces for: $(echo $missing)"
+  grep -q "k8s.io/kubernetes $SWAPPO_K8S_VERSION" "$K8S_MOD/go.mod" ||
+    die "hack/testplane/k8s/go.mod does not require k8s.io/kubernetes $SWAPPO_K8S_VERSION"
+  log "k8s wrapper replaces all $(echo "$want" | wc -l) staging modules of k8s.io/kubernetes $SWAPPO_K8S_VERSION"
+}
+
+# stamp_key COMPONENT PARTS...: what a component was built from, one line.
+stamp_key() { printf '%s\n' "$@" "$go_version" "GOFLAGS=$GOFLAGS CGO_ENABLED=$CGO_ENABLED" | sha256sum | cut -d' ' -f1; }
+
+# up_to_date COMPONENT KEY BINARIES...: the stamp matches and every binary is there.
+up_to_date() {
+  local comp="$1" key="$2" b; shift 2
+  [ "$(cat "$SWAPPO_TESTBIN/.stamp-$comp" 2>/dev/null)" = "$key" ] || return 1
+  for b in "$@"; do [ -x "$SWAPPO_TESTBIN/$b" ] || return 1; done
+}
+
+built=()
+timed_build() {
+  local comp="$1" key="$2" start; shift 2
+  start=$(date +%s)
+  log "building $comp (this is slow the first time)"
+  rm -f "$SWAPPO_TESTBIN/.stamp-$comp"
+  "$@"
+  echo "$key" >"$SWAPPO_TESTBIN/.stamp-$comp"
+  built+=("$comp in $(($(date +%s) - start))s")
+}
+
+build_k8s() {
+  check_staging
+  (cd "$K8S_MOD" && go build -p "$GO_PARALLEL" -trimpath -ldflags "$(k8s_ldflags)" -o "$SWAPPO_TESTBIN/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+  (cd "$ETCD_MOD" && go build -p "$GO_PARALLEL" -trimpath -ldflags "-s -w" -o "$SWAPPO_TESTBIN/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_kwok() {
+  GOBIN="$SWAPPO_TESTBIN" GOFLAGS=-buildvcs=false go install -p "$GO_PARALLEL" -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
+build_helm() {
+  GOBIN="$SWAPPO_TESTBIN" GOFLAGS=-buildvcs=false go install -p "$GO_PARALLEL" -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+print_versions() {
+  local b="$SWAPPO_TESTBIN"
+  log "binaries in $b:"
+  printf '  %-24s %s\n' \
+    etcd "$("$b/etcd" --version | head -1)" \
+    kube-apiserver "$("$b/kube-apiserver" --version)" \
+    kube-controller-manager "$("$b/kube-controller-manager" --version)" \
+    kube-scheduler "$("$b/kube-scheduler" --version)" \
+    kubectl "$("$b/kubectl" version --client 2>/dev/null | head -1)" \
+    kwok "$("$b/kwok" --version 2>&1 | head -1)" \
+    helm "$("$b/helm" version --short)" >&2
+}
+
+main() {
+  if [ "${1:-}" = --check-staging ]; then check_staging; return; fi
+  mkdir -p "$SWAPPO_TESTBIN"
+  local k8s_key etcd_key kwok_key helm_key
+  k8s_key="$(stamp_key k8s "$SWAPPO_K8S_VERSION" "$(k8s_ldflags)" "$(cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum")")"
+  etcd_key="$(stamp_key etcd "$(cat "$ETCD_MOD/go.mod" "$ETCD_MOD/go.sum")")"
+  kwok_key="$(stamp_key kwok "$KWOK_VERSION")"
+  helm_key="$(stamp_key helm "$HELM_VERSION")"
+
+  up_to_date etcd "$etcd_key" etcd || timed_build etcd "$etcd_key" build_etcd
+  up_to_date kwok "$kwok_key" kwok || timed_build kwok "$kwok_key" build_kwok
+  up_to_date helm "$helm_key" helm || timed_build helm "$helm_key" build_helm
+  up_to_date k8s "$k8s_key" kube-apiserver kube-controller-manager kube-scheduler kubectl ||
+    timed_build k8s "$k8s_key" build_k8s
+
+  if [ "${#built[@]}" -eq 0 ]; then
+    log "all binaries up to date (nothing rebuilt)"
+  else
+    log "built: ${built[*]}"
+  fi
+  print_versions
+}
+
+main "$@"
