@@ -15,6 +15,7 @@ use kube::api::{
 use kube::runtime::wait::conditions;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use swappo_testkit::{TestNamespace, eventually, kube_client, unique_name, wait_for};
@@ -35,9 +36,15 @@ fn status_of(result: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::S
 async fn the_control_plane_serves_kubernetes_v1_37_2_with_a_ready_fake_node() {
     let client = kube_client().await;
     let version = client.apiserver_version().await.expect("GET /version");
-    println!(
+    // Straight to stderr, past the test harness's capture: the log of every run names the
+    // server it tested against, even when everything passes.
+    let _ = writeln!(
+        std::io::stderr(),
         "control plane: kube-apiserver {} (major {}, minor {}, {})",
-        version.git_version, version.major, version.minor, version.platform
+        version.git_version,
+        version.major,
+        version.minor,
+        version.platform
     );
     assert_eq!(
         version.git_version, "v1.37.2",
