@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared by scripts/cluster-up.sh and scripts/cluster-down.sh: sourced, never run.
 # The local control plane's layout: every component runs from $SWAPPO_TESTBIN on loopback,
 # with its state under $CLUSTER_DIR:

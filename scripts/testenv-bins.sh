@@ -53,7 +53,7 @@ check_staging() {
   want="$(sed -n 's|^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*|\1|p' "$mod" | sort)"
   have="$(cd "$K8S_MOD" && go mod edit -json | jq -r '.Replace[].Old.Path' | sort)"
   missing="$(comm -23 <(echo "$want") <(echo "$have"))"
-  [ -z "$missing" ] || die "hack/testplane/k8s/go.mod lacks replaces for: $(echo $missing)"
+  [ -z "$missing" ] || die "hack/testplane/k8s/go.mod lacks replaces for: ${missing//$'\n'/ }"
   grep -q "k8s.io/kubernetes $SWAPPO_K8S_VERSION" "$K8S_MOD/go.mod" ||
     die "hack/testplane/k8s/go.mod does not require k8s.io/kubernetes $SWAPPO_K8S_VERSION"
   log "k8s wrapper replaces all $(echo "$want" | wc -l) staging modules of k8s.io/kubernetes $SWAPPO_K8S_VERSION"
