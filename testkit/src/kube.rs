@@ -59,11 +59,12 @@ pub enum KubeError {
 /// else `$SWAPPO_STATE/cluster/kubeconfig`, else under `$SWAPPO_CACHE` or `~/.cache/swappo`
 /// (the same defaults as `scripts/env.sh`).
 pub fn local_kubeconfig_path() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    kubeconfig_path_from(|name| std::env::var_os(name))
+}
+
+/// [`local_kubeconfig_path`] with the environment passed in; empty values count as unset.
+fn kubeconfig_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(path) = var("SWAPPO_KUBECONFIG") {
         return path;
     }
@@ -302,5 +303,51 @@ impl Drop for TestNamespace {
                 eprintln!("testkit: could not delete namespace {name}: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kubeconfig_path_from;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn the_kubeconfig_path_follows_the_same_defaults_as_env_sh() {
+        let path = |pairs: &[(&str, &str)]| kubeconfig_path_from(env(pairs));
+        assert_eq!(
+            path(&[("HOME", "/home/dev")]),
+            PathBuf::from("/home/dev/.cache/swappo/state/cluster/kubeconfig")
+        );
+        assert_eq!(
+            path(&[("HOME", "/home/dev"), ("SWAPPO_CACHE", "/c")]),
+            PathBuf::from("/c/state/cluster/kubeconfig")
+        );
+        assert_eq!(
+            path(&[("SWAPPO_CACHE", "/c"), ("SWAPPO_STATE", "/s")]),
+            PathBuf::from("/s/cluster/kubeconfig")
+        );
+        assert_eq!(
+            path(&[("SWAPPO_STATE", "/s"), ("SWAPPO_KUBECONFIG", "/k.yaml")]),
+            PathBuf::from("/k.yaml")
+        );
+    }
+
+    #[test]
+    fn an_empty_variable_counts_as_unset() {
+        let path = kubeconfig_path_from(env(&[("SWAPPO_KUBECONFIG", ""), ("HOME", "/h")]));
+        assert_eq!(
+            path,
+            PathBuf::from("/h/.cache/swappo/state/cluster/kubeconfig")
+        );
     }
 }
