@@ -88,6 +88,19 @@ impl Context {
     }
 
     async fn event(&self, sm: &SwappoMessaging, warning: bool, reason: &str, note: String) {
+        self.event_about(sm, warning, reason, note, None).await;
+    }
+
+    /// Publishes an Event on `sm`, `related` to a child object when given (the recorder folds
+    /// Events with the same reason and related object into one series).
+    async fn event_about(
+        &self,
+        sm: &SwappoMessaging,
+        warning: bool,
+        reason: &str,
+        note: String,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -97,7 +110,7 @@ impl Context {
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&event, &sm.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish an Event");
@@ -212,7 +225,8 @@ async fn report<K: Resource<DynamicType = ()>>(
     };
     let note = format!("{verb} {} {}", K::kind(&()), obj.name_any());
     info!("{note}");
-    ctx.event(sm, false, reason, note).await;
+    ctx.event_about(sm, false, reason, note, Some(obj.object_ref(&())))
+        .await;
 }
 
 async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>>

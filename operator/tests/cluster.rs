@@ -1,0 +1,933 @@
+//! The operator on the local control plane (real kube-apiserver, controller-manager with its
+//! garbage collector, scheduler, kwok nodes) and the local RabbitMQ. Each test takes a
+//! namespace of its own. Tests skip (saying so) when no control plane answers, unless
+//! `SWAPPO_REQUIRE_CLUSTER` is set, as `make test` does.
+mod common;
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client, ResourceExt};
+use std::time::Duration;
+use swappo_operator::builders::secret::secret_value;
+use swappo_operator::crd::SwappoMessaging;
+use swappo_operator::fixtures::TestExt;
+use swappo_testkit::{TestNamespace, eventually, wait_for};
+
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by=swappo-operator";
+
+async fn create(ns: &TestNamespace, sm: &SwappoMessaging) -> SwappoMessaging {
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), sm)
+        .await
+        .expect("the object is accepted")
+}
+
+/// Waits until condition `type_` of `name` has `status`, returns the object.
+async fn wait_condition(
+    ns: &TestNamespace,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> SwappoMessaging {
+    let api = ns.api::<SwappoMessaging>();
+    let what = format!("{type_}={status} on {name}");
+    let found = wait_for(&api, name, &what, WAIT, |sm: Option<&SwappoMessaging>| {
+        sm.and_then(|sm| sm.condition(type_))
+            .is_some_and(|c| c.status == status)
+    })
+    .await;
+    match found {
+        Ok(Some(sm)) => sm,
+        other => {
+            let now = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.status);
+            panic!("{what}: {other:?}; status now: {now:#?}")
+        }
+    }
+}
+
+async fn wait_exists<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    wait_for(
+        api,
+        name,
+        &format!("{name} to exist"),
+        WAIT,
+        |o: Option<&K>| o.is_some(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .expect("it exists")
+}
+
+fn secret(s: &Secret, key: &str) -> String {
+    secret_value(s, key).unwrap_or_else(|| panic!("Secret key {key} missing"))
+}
+
+#[tokio::test]
+async fn bad_objects_are_refused_by_the_api_server_with_a_message_naming_the_field() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-bad-").await;
+    let resource = ApiResource::erase::<SwappoMessaging>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &resource);
+    let q = |name: &str| serde_json::json!({"name": name});
+    let consumer = |min: i32, max: i32| serde_json::json!({"deployment": "d", "queue": "q", "minReplicas": min, "maxReplicas": max});
+    let cases: Vec<(&str, &str, serde_json::Value, &[&str])> = vec![
+        (
+            "min above max",
+            "a",
+            serde_json::json!({"queues": [q("q")], "consumers": [consumer(5, 2)]}),
+            &["spec.consumers[0]", "minReplicas must be <= maxReplicas"],
+        ),
+        (
+            "max below 1",
+            "a",
+            serde_json::json!({"queues": [q("q")], "consumers": [consumer(0, 0)]}),
+            &[
+                "spec.consumers[0].maxReplicas",
+                "greater than or equal to 1",
+            ],
+        ),
+        (
+            "messagesPerReplica 0",
+            "a",
+            serde_json::json!({"queues": [q("q")], "consumers": [{"deployment": "d", "queue": "q", "messagesPerReplica": 0}]}),
+            &["spec.consumers[0].messagesPerReplica"],
+        ),
+        (
+            "duplicate queues",
+            "a",
+            serde_json::json!({"queues": [q("q"), q("q")]}),
+            &["spec.queues", "spec.queues[].name must be unique"],
+        ),
+        (
+            "bad queue name",
+            "a",
+            serde_json::json!({"queues": [q("has space")]}),
+            &["spec.queues[0].name", "should match"],
+        ),
+        (
+            "reserved queue name",
+            "a",
+            serde_json::json!({"queues": [q("amq.mine")]}),
+            &["spec.queues[0].name", "must not start with amq."],
+        ),
+        (
+            "unknown queue type",
+            "a",
+            serde_json::json!({"queues": [{"name": "q", "type": "stream"}]}),
+            &["spec.queues[0].type", "Unsupported value"],
+        ),
+        (
+            "priority on quorum",
+            "a",
+            serde_json::json!({"queues": [{"name": "q", "maxPriority": 5}]}),
+            &["spec.queues[0]", "maxPriority needs type classic"],
+        ),
+        (
+            "consumer of an undeclared queue",
+            "a",
+            serde_json::json!({"queues": [q("q")], "consumers": [{"deployment": "d", "queue": "other"}]}),
+            &["spec", "must name a queue declared in spec.queues"],
+        ),
+        (
+            "duplicate consumer deployments",
+            "a",
+            serde_json::json!({"queues": [q("q")], "consumers": [consumer(1, 2), consumer(1, 3)]}),
+            &["spec.consumers", "one scaler per Deployment"],
+        ),
+        (
+            "storage not a quantity",
+            "a",
+            serde_json::json!({"broker": {"storage": {"size": "lots"}}}),
+            &["spec.broker.storage.size", "should match"],
+        ),
+        (
+            "storage zero",
+            "a",
+            serde_json::json!({"broker": {"storage": {"size": "0"}}}),
+            &["spec.broker.storage.size", "must be larger than 0"],
+        ),
+        (
+            "external mixed with managed fields",
+            "a",
+            serde_json::json!({"broker": {"image": "rabbitmq:3", "credentialsSecret": "c", "external": {"host": "h"}}}),
+            &[
+                "spec.broker",
+                "remove spec.broker.image, storage and resources",
+            ],
+        ),
+        (
+            "external without credentials",
+            "a",
+            serde_json::json!({"broker": {"external": {"host": "h"}}}),
+            &["spec.broker", "needs spec.broker.credentialsSecret"],
+        ),
+        (
+            "external port out of range",
+            "a",
+            serde_json::json!({"broker": {"credentialsSecret": "c", "external": {"host": "h", "port": 70000}}}),
+            &["spec.broker.external.port", "less than or equal to 65535"],
+        ),
+        (
+            "name too long",
+            "a234567890123456789012345678901234567890x",
+            serde_json::json!({}),
+            &["at most 40 characters"],
+        ),
+        (
+            "name starting with a digit",
+            "1abc",
+            serde_json::json!({}),
+            &["must start with a letter"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, name, spec, expected) in &cases {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "swappo.io/v1alpha1", "kind": "SwappoMessaging",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => failures.push(format!("{what}: accepted")),
+            Err(kube::Error::Api(status)) => {
+                let message = status.message.clone();
+                if status.code != 422 || !expected.iter().all(|e| message.contains(e)) {
+                    failures.push(format!(
+                        "{what}: {} {message} (expected {expected:?})",
+                        status.code
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{what}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "unexpected answers:\n{}",
+        failures.join("\n")
+    );
+    // Nothing was created, and the same API takes a valid object (the table is not vacuous).
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let valid = SwappoMessaging::new_in("valid", ns.name())
+        .with_queue("q")
+        .with_consumer("d", "q");
+    create(&ns, &valid).await;
+}
+
+#[tokio::test]
+async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_broker_ready() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-valid-").await;
+    enforce_restricted(&client, ns.name()).await;
+    let _volume = BoundVolume::new(&client, ns.name(), "dev-rabbitmq-data").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    let sm = create(
+        &ns,
+        &SwappoMessaging::new_in("dev", ns.name()).with_queue("notifications_queue"),
+    )
+    .await;
+    let uid = sm.uid().unwrap();
+
+    // Every owned object, with owner reference and labels.
+    let secret_obj = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
+    let deployment = wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    let service = wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
+    let config = wait_exists(&ns.api::<ConfigMap>(), "dev-rabbitmq-config").await;
+    let claim = wait_exists(&ns.api::<PersistentVolumeClaim>(), "dev-rabbitmq-data").await;
+    let metas = [
+        &secret_obj.metadata,
+        &deployment.metadata,
+        &service.metadata,
+        &config.metadata,
+        &claim.metadata,
+    ];
+    for meta in metas {
+        let name = meta.name.clone().unwrap();
+        let owner = &meta.owner_references.as_ref().expect("owner references")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SwappoMessaging", uid.as_str(), Some(true)),
+            "{name}"
+        );
+        let labels = meta.labels.as_ref().unwrap();
+        for (k, v) in [
+            ("app.kubernetes.io/name", "rabbitmq"),
+            ("app.kubernetes.io/instance", "dev"),
+            ("app.kubernetes.io/component", "broker"),
+            ("app.kubernetes.io/managed-by", "swappo-operator"),
+        ] {
+            assert_eq!(
+                labels.get(k).map(String::as_str),
+                Some(v),
+                "{name} label {k}"
+            );
+        }
+    }
+    let password = secret(&secret_obj, "password");
+    let username = secret(&secret_obj, "username");
+    assert!(password.len() >= 24);
+    for key in ["host", "port", "uri", "management-uri", "erlang-cookie"] {
+        secret(&secret_obj, key);
+    }
+    assert_eq!(
+        secret(&secret_obj, "host"),
+        format!("dev-rabbitmq.{}.svc", ns.name())
+    );
+    let spec = &deployment.spec;
+    assert_eq!(
+        spec.strategy.as_ref().unwrap().type_.as_deref(),
+        Some("Recreate")
+    );
+    let container = &spec.template.spec.as_ref().unwrap().containers[0];
+    let readiness = container.readiness_probe.as_ref().unwrap();
+    assert!(readiness.tcp_socket.is_some() && readiness.timeout_seconds == Some(5));
+    let ports: Vec<i32> = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [5672, 15672, 15692]);
+
+    // The pod passes `restricted` admission and runs (kwok); the Deployment becomes available.
+    let pods = ns.api::<Pod>();
+    let running = eventually("a Running broker pod", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=dev"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        running
+            .spec
+            .unwrap()
+            .security_context
+            .unwrap()
+            .run_as_non_root,
+        Some(true)
+    );
+
+    // No broker user with these credentials yet: the login is refused, and says so.
+    let refused = eventually("BrokerReady reason AuthenticationFailed", WAIT, || async {
+        let sm = ns.api::<SwappoMessaging>().get("dev").await.ok()?;
+        sm.condition("BrokerReady")
+            .filter(|c| c.reason == "AuthenticationFailed")
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        refused.message.contains(&username) && refused.message.contains("Secret dev-rabbitmq"),
+        "{}",
+        refused.message
+    );
+    assert!(!refused.message.contains(&password));
+
+    // With a matching broker user, BrokerReady and Ready turn True.
+    let _user = BrokerUser::new(&username, &password).await;
+    let ready = wait_condition(&ns, "dev", "Ready", "True").await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    let broker = status.broker.unwrap();
+    assert_eq!(broker.secret_name, "dev-rabbitmq");
+    assert_eq!(
+        broker.endpoint,
+        format!("dev-rabbitmq.{}.svc:5672", ns.name())
+    );
+    assert_eq!(broker.ready_replicas, 1);
+    let brokerready = ready_condition(&ns, "BrokerReady").await;
+    assert_eq!(brokerready.reason, "BrokerAvailable");
+
+    // Events tell the story: objects created, broker down then up.
+    let events: Vec<Event> = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let reasons: Vec<String> = events
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for r in ["Created", "AuthenticationFailed", "BrokerReady"] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} Event in {reasons:?}"
+        );
+    }
+    operator.stop().await;
+}
+
+async fn ready_condition(
+    ns: &TestNamespace,
+    type_: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let sm = ns.api::<SwappoMessaging>().get("dev").await.unwrap();
+    sm.condition(type_).cloned().unwrap()
+}
+
+async fn credentials_secret(ns: &TestNamespace, name: &str, username: &str, password: &str) {
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("username".to_owned(), username.to_owned()),
+                ("password".to_owned(), password.to_owned()),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    let api = ns.api::<Secret>();
+    api.patch(
+        name,
+        &PatchParams::apply("operator-tests").force(),
+        &Patch::Apply(&s),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_external_broker_with_wrong_credentials_is_not_ready_with_a_reason_then_recovers() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-ext-").await;
+    credentials_secret(&ns, "broker-login", "swappo", "certainly-not-the-password").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    let sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false);
+    create(&ns, &sm).await;
+
+    let refused = eventually(
+        "BrokerReady False with AuthenticationFailed",
+        WAIT,
+        || async {
+            let sm = ns.api::<SwappoMessaging>().get("dev").await.ok()?;
+            sm.condition("BrokerReady")
+                .filter(|c| c.reason == "AuthenticationFailed")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status, "False");
+    assert!(
+        refused.message.contains("refused user swappo"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        refused
+            .message
+            .contains("make the Secret's username and password match"),
+        "{}",
+        refused.message
+    );
+    assert!(!refused.message.contains("certainly-not-the-password"));
+    assert_eq!(ready_condition(&ns, "Ready").await.status, "False");
+
+    // No Deployment, PVC or ConfigMap for an external broker; the Secret points at it.
+    let own = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
+    assert_eq!(secret(&own, "host"), "127.0.0.1");
+    assert_eq!(secret(&own, "username"), "swappo");
+    assert!(secret_value(&own, "erlang-cookie").is_none());
+    let managed = ListParams::default().labels(MANAGED_BY);
+    assert!(
+        ns.api::<Deployment>()
+            .list(&managed)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        ns.api::<PersistentVolumeClaim>()
+            .list(&managed)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .list(&managed)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Fixing the Secret fixes the condition.
+    let password =
+        std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into());
+    credentials_secret(&ns, "broker-login", "swappo", &password).await;
+    let ready = wait_condition(&ns, "dev", "BrokerReady", "True").await;
+    assert_eq!(
+        ready.status.unwrap().broker.unwrap().endpoint,
+        "127.0.0.1:5672"
+    );
+    let own = ns.api::<Secret>().get("dev-rabbitmq").await.unwrap();
+    assert_eq!(
+        secret(&own, "password"),
+        password,
+        "the operator's Secret follows the user's"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_credentials_secret_is_a_false_condition_not_a_crash() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-nosecret-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(
+        &ns,
+        &SwappoMessaging::new_in("dev", ns.name()).with_credentials_secret("nope"),
+    )
+    .await;
+    let sm = wait_condition(&ns, "dev", "BrokerReady", "False").await;
+    let c = sm.condition("BrokerReady").unwrap();
+    assert_eq!(c.reason, "CredentialsSecretNotFound");
+    assert!(c.message.contains("Secret nope"), "{}", c.message);
+    // The rest is still in place (the broker waits for its Secret).
+    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    assert_eq!(
+        operator.metric("swappo_operator_reconcile_errors_total"),
+        0.0
+    );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_a_deleted_service_and_edited_probes_come_back() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-drift-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let services = ns.api::<Service>();
+    let deployments = ns.api::<Deployment>();
+    let before = wait_exists(&services, "dev-rabbitmq").await;
+    wait_exists(&deployments, "dev-rabbitmq").await;
+
+    services
+        .delete("dev-rabbitmq", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Service to come back", WAIT, || async {
+        services
+            .get_opt("dev-rabbitmq")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.uid() != before.uid())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Someone shortens the readiness timeout to Kubernetes' 1 s default, with another manager.
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "rabbitmq", "readinessProbe": {"timeoutSeconds": 1}}
+    ]}}}});
+    deployments
+        .patch(
+            "dev-rabbitmq",
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .unwrap();
+    let repaired = eventually("the probe timeout to be put back to 5 s", WAIT, || async {
+        let d = deployments.get("dev-rabbitmq").await.ok()?;
+        let probe = d.spec.template.spec.as_ref()?.containers[0]
+            .readiness_probe
+            .clone()?;
+        (probe.timeout_seconds == Some(5)).then_some(d)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(repaired.metadata.generation.unwrap() >= 2);
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn the_secret_is_stable_across_reconciles_and_operator_restarts() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-secret-").await;
+    let mut settings = local_broker_settings();
+    settings.retry = Duration::from_secs(1);
+    let first = InProcess::start(&client, ns.name(), settings.clone());
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let secrets = ns.api::<Secret>();
+    let original = wait_exists(&secrets, "dev-rabbitmq").await;
+    // Several reconciles happen (retry every second while the broker is not ready).
+    eventually("five reconciles", WAIT, || async {
+        (first.metric("swappo_operator_reconciles_total") >= 5.0).then_some(())
+    })
+    .await
+    .unwrap();
+    first.stop().await;
+    assert_eq!(
+        secrets.get("dev-rabbitmq").await.unwrap().data,
+        original.data
+    );
+
+    // A new operator (fresh memory) takes over; a spec change makes it reconcile at once.
+    let second = InProcess::start(&client, ns.name(), settings);
+    let patch = serde_json::json!({"spec": {"queues": [{"name": "q2"}]}});
+    ns.api::<SwappoMessaging>()
+        .patch("dev", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        &ns.api::<SwappoMessaging>(),
+        "dev",
+        "observedGeneration 2",
+        WAIT,
+        |sm: Option<&SwappoMessaging>| {
+            sm.and_then(|s| s.status.as_ref())
+                .and_then(|s| s.observed_generation)
+                == Some(2)
+        },
+    )
+    .await
+    .unwrap();
+    let after = secrets.get("dev-rabbitmq").await.unwrap();
+    assert_eq!(
+        after.data, original.data,
+        "credentials must never rotate by accident"
+    );
+    assert_eq!(after.resource_version(), original.resource_version());
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_the_resource_garbage_collects_everything_it_owns() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-gc-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
+    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    ns.api::<SwappoMessaging>()
+        .delete("dev", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let managed = ListParams::default().labels(MANAGED_BY);
+    let (d, s, c, sec, p) = (
+        ns.api::<Deployment>(),
+        ns.api::<Service>(),
+        ns.api::<ConfigMap>(),
+        ns.api::<Secret>(),
+        ns.api::<PersistentVolumeClaim>(),
+    );
+    eventually("every owned object to be gone", WAIT, || async {
+        let left = d.list(&managed).await.ok()?.items.len()
+            + s.list(&managed).await.ok()?.items.len()
+            + c.list(&managed).await.ok()?.items.len()
+            + sec.list(&managed).await.ok()?.items.len()
+            + p.list(&managed).await.ok()?.items.len()
+            + ns.api::<Pod>()
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+        (left == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ns.api::<SwappoMessaging>()
+            .get_opt("dev")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    operator.stop().await;
+}
+
+/// resourceVersions of the resource and everything it owns.
+async fn versions(ns: &TestNamespace) -> Vec<(String, String)> {
+    let managed = ListParams::default().labels(MANAGED_BY);
+    let mut out = Vec::new();
+    let sm = ns.api::<SwappoMessaging>().get("dev").await.unwrap();
+    out.push(("SwappoMessaging/dev".into(), sm.resource_version().unwrap()));
+    macro_rules! add {
+        ($k:ty) => {
+            for o in ns.api::<$k>().list(&managed).await.unwrap().items {
+                out.push((
+                    format!("{}/{}", stringify!($k), o.name_any()),
+                    o.resource_version().unwrap(),
+                ));
+            }
+        };
+    }
+    add!(Deployment);
+    add!(Service);
+    add!(ConfigMap);
+    add!(Secret);
+    add!(PersistentVolumeClaim);
+    out
+}
+
+#[tokio::test]
+async fn nothing_is_written_over_thirty_seconds_of_steady_state() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-steady-").await;
+    let _volume = BoundVolume::new(&client, ns.name(), "dev-rabbitmq-data").await;
+    let mut settings = local_broker_settings();
+    // Re-check the ready broker every 3 s: about ten full reconciles in the window.
+    settings.recheck = Duration::from_secs(3);
+    let operator = InProcess::start(&client, ns.name(), settings);
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let secret_obj = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
+    let _user = BrokerUser::new(
+        &secret(&secret_obj, "username"),
+        &secret(&secret_obj, "password"),
+    )
+    .await;
+    wait_condition(&ns, "dev", "Ready", "True").await;
+
+    let before = versions(&ns).await;
+    let writes_before = operator.metric("swappo_operator_api_writes_total");
+    let reconciles_before = operator.metric("swappo_operator_reconciles_total");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = versions(&ns).await;
+    assert_eq!(
+        before.len(),
+        6,
+        "the resource and its five objects: {before:?}"
+    );
+    assert_eq!(after, before, "resourceVersions changed in a steady state");
+    assert_eq!(
+        operator.metric("swappo_operator_api_writes_total"),
+        writes_before
+    );
+    let reconciles = operator.metric("swappo_operator_reconciles_total") - reconciles_before;
+    assert!(
+        reconciles >= 5.0,
+        "only {reconciles} reconciles in the window: the test proves nothing"
+    );
+    operator.stop().await;
+}
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("swappo-operator")
+        .await
+        .ok()??;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-leader-").await;
+    let args = [
+        "--namespace",
+        ns.name(),
+        "--lease-namespace",
+        ns.name(),
+        "--lease-duration-seconds",
+        "4",
+        "--broker-address-override",
+        "127.0.0.1:5672",
+    ];
+    let mut a = Process::spawn("operator-a", "info", &args);
+    eventually("operator-a to lead", WAIT, || async {
+        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    let b = Process::spawn("operator-b", "info", &args);
+    b.http_addr().await;
+
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let services = ns.api::<Service>();
+    let first = wait_exists(&services, "dev-rabbitmq").await;
+    wait_condition(&ns, "dev", "BrokerReady", "False").await;
+    let a_metrics = a.metrics().await;
+    let b_metrics = b.metrics().await;
+    assert!(metric(&a_metrics, "swappo_operator_reconciles_total") >= 1.0);
+    assert_eq!(metric(&a_metrics, "swappo_operator_leader"), 1.0);
+    assert_eq!(
+        metric(&b_metrics, "swappo_operator_reconciles_total"),
+        0.0,
+        "the standby reconciled"
+    );
+    assert_eq!(metric(&b_metrics, "swappo_operator_leader"), 0.0);
+
+    a.kill();
+    eventually("operator-b to take the lease", WAIT, || async {
+        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-b")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log of b:\n{}", b.log()));
+    // The new leader reconciles: a deleted Service comes back from it.
+    services
+        .delete("dev-rabbitmq", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("operator-b to recreate the Service", WAIT, || async {
+        services
+            .get_opt("dev-rabbitmq")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.uid() != first.uid())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log of b:\n{}", b.log()));
+    assert!(metric(&b.metrics().await, "swappo_operator_reconciles_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn a_terminated_leader_releases_its_lease_and_exits_cleanly() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new("op-release-").await;
+    let args = [
+        "--namespace",
+        ns.name(),
+        "--lease-namespace",
+        ns.name(),
+        "--lease-duration-seconds",
+        "60",
+    ];
+    let mut a = Process::spawn("operator-a", "info", &args);
+    eventually("operator-a to lead", WAIT, || async {
+        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    assert!(a.terminate(), "a clean exit on SIGTERM; log:\n{}", a.log());
+    // Released, so a standby need not wait out the 60 s lease.
+    assert_eq!(
+        lease_holder(&client, ns.name()).await,
+        None,
+        "log:\n{}",
+        a.log()
+    );
+}
+
+#[tokio::test]
+async fn the_broker_password_never_appears_in_the_operator_logs() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-logs-").await;
+    let _volume = BoundVolume::new(&client, ns.name(), "dev-rabbitmq-data").await;
+    // Debug level for every crate, the operator's own included: the strictest setting.
+    let mut op = Process::spawn(
+        "operator-logs",
+        "debug",
+        &[
+            "--namespace",
+            ns.name(),
+            "--leader-election=false",
+            "--broker-address-override",
+            "127.0.0.1:5672",
+            "--retry-seconds",
+            "1",
+        ],
+    );
+    op.http_addr().await;
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let secret_obj = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
+    let password = secret(&secret_obj, "password");
+    let username = secret(&secret_obj, "username");
+    // A refused login first (no such user yet), then a successful one.
+    eventually("a refused login", WAIT, || async {
+        let sm = ns.api::<SwappoMessaging>().get("dev").await.ok()?;
+        sm.condition("BrokerReady")
+            .filter(|c| c.reason == "AuthenticationFailed")
+            .map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", op.log()));
+    let _user = BrokerUser::new(&username, &password).await;
+    wait_condition(&ns, "dev", "BrokerReady", "True").await;
+    assert!(op.terminate(), "clean exit");
+    let log = op.log();
+    assert!(
+        log.contains(&username),
+        "the log is captured (it names the user)"
+    );
+    let cookie = secret(&secret_obj, "erlang-cookie");
+    for (what, needle) in [
+        ("password", password.as_str()),
+        ("erlang cookie", cookie.as_str()),
+    ] {
+        assert!(
+            !log.contains(needle),
+            "the {what} appears in the operator's log"
+        );
+    }
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&password);
+    assert!(
+        !log.contains(&encoded),
+        "the base64 password appears in the operator's log"
+    );
+}

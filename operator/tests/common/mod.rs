@@ -1,0 +1,391 @@
+//! Shared helpers of the operator's control-plane tests: cluster access (skip or fail),
+//! CRD installation, the operator in-process or as a process, volumes for the broker's claim.
+#![allow(dead_code)]
+
+use k8s_openapi::api::core::v1::{
+    HostPathVolumeSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swappo_operator::metrics::Metrics;
+use swappo_operator::reconcile::{Context, Settings, run_controller};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous failure guard for anything the control plane does (not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// A client of the local control plane, or `None` (test skipped, said on stderr) when it is
+/// unreachable and `SWAPPO_REQUIRE_CLUSTER` is unset. With `SWAPPO_REQUIRE_CLUSTER=1`
+/// (`make test`, CI) an unreachable cluster fails the test instead.
+pub async fn cluster() -> Option<Client> {
+    let required = std::env::var("SWAPPO_REQUIRE_CLUSTER").is_ok_and(|v| !v.is_empty() && v != "0");
+    let reach = async {
+        let config = swappo_testkit::kube_config()
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = Client::try_from(config).map_err(|e| e.to_string())?;
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(client)
+    };
+    match tokio::time::timeout(Duration::from_secs(10), reach).await {
+        Ok(Ok(client)) => Some(client),
+        Ok(Err(e)) if !required => skip(&e),
+        Err(_) if !required => skip("the API server did not answer within 10 s"),
+        Ok(Err(e)) => {
+            panic!("SWAPPO_REQUIRE_CLUSTER is set but the control plane is unreachable: {e}")
+        }
+        Err(_) => {
+            panic!("SWAPPO_REQUIRE_CLUSTER is set but the API server did not answer within 10 s")
+        }
+    }
+}
+
+fn skip(why: &str) -> Option<Client> {
+    eprintln!(
+        "SKIPPED: no local control plane ({why}); run `make cluster-up`, or set \
+         SWAPPO_REQUIRE_CLUSTER=1 to fail instead of skipping"
+    );
+    None
+}
+
+/// Installs (server-side applies) the CRD and waits until it is Established.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = swappo_operator::crd::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("swappo-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the CRD applies");
+    swappo_testkit::wait_for(
+        &crds,
+        &name,
+        "CRD Established",
+        WAIT,
+        |c: Option<&CustomResourceDefinition>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
+    )
+    .await
+    .expect("the CRD is established");
+}
+
+/// Labels the namespace `pod-security.kubernetes.io/enforce=restricted`.
+pub async fn enforce_restricted(client: &Client, namespace: &str) {
+    let patch = serde_json::json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    Api::<Namespace>::all(client.clone())
+        .patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("the namespace is labelled");
+}
+
+/// Settings for an in-process operator dialling the local broker.
+pub fn local_broker_settings() -> Settings {
+    Settings {
+        broker_override: Some(swappo_operator::amqp::Target {
+            host: "127.0.0.1".into(),
+            port: 5672,
+            tls: false,
+        }),
+        amqp_timeout: Duration::from_secs(5),
+        recheck: Duration::from_secs(30),
+        retry: Duration::from_secs(2),
+        instance: "operator-tests".into(),
+    }
+}
+
+/// The controller running in this test's runtime, watching one namespace.
+pub struct InProcess {
+    pub metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Starts the controller for `namespace`.
+    pub fn start(client: &Client, namespace: &str, settings: Settings) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings));
+        let stop = CancellationToken::new();
+        let ns = namespace.to_owned();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { run_controller(ctx, Some(&ns), token).await });
+        Self {
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops it and waits for it to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the controller stops")
+            .unwrap();
+    }
+
+    /// A metric's value from the exposition (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics.encode(), name)
+    }
+}
+
+/// The sum of the samples of `name` (with any labels) in a Prometheus exposition.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The operator binary as a child process; its stdout and stderr are captured.
+pub struct Process {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    pub identity: String,
+}
+
+impl Process {
+    /// Spawns `swappo-operator` with `args`, JSON logs, filter `log_filter`.
+    pub fn spawn(identity: &str, log_filter: &str, args: &[&str]) -> Self {
+        let kubeconfig = kubeconfig_path();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_swappo-operator"))
+            .args(args)
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--identity",
+                identity,
+            ])
+            .args(["--log-filter", log_filter])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the operator binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Self {
+            child,
+            log,
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The address of its HTTP server, from its start-up log line.
+    pub async fn http_addr(&self) -> String {
+        swappo_testkit::eventually("the operator's HTTP address in its log", WAIT, || async {
+            self.log().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "serving /metrics, /healthz, /readyz")
+                    .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log()))
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let addr = self.http_addr().await;
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no lease release, no clean-up (a crashed replica).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The kubeconfig the tests use (what the testkit reads).
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var("KUBECONFIG") {
+        Ok(k) if !k.is_empty() => PathBuf::from(k),
+        _ => swappo_testkit::kube::local_kubeconfig_path(),
+    }
+}
+
+/// A PersistentVolume pre-bound to one claim (the local cluster has no provisioner), deleted
+/// when dropped: it is cluster-scoped, so the namespace's deletion does not remove it.
+pub struct BoundVolume {
+    name: String,
+}
+
+impl BoundVolume {
+    /// A 1Gi volume for claim `namespace/claim`.
+    pub async fn new(client: &Client, namespace: &str, claim: &str) -> Self {
+        let name = format!("{namespace}-{claim}");
+        let pv = PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    swappo_testkit::kube::TEST_NAMESPACE_LABEL.to_owned(),
+                    "true".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                capacity: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity("1Gi".into()),
+                )])),
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                persistent_volume_reclaim_policy: Some("Retain".into()),
+                // Never mounted: pods on kwok nodes do not run.
+                host_path: Some(HostPathVolumeSource {
+                    path: format!("/tmp/swappo-test-pv/{name}"),
+                    ..HostPathVolumeSource::default()
+                }),
+                claim_ref: Some(ObjectReference {
+                    namespace: Some(namespace.to_owned()),
+                    name: Some(claim.to_owned()),
+                    ..ObjectReference::default()
+                }),
+                ..PersistentVolumeSpec::default()
+            }),
+            ..PersistentVolume::default()
+        };
+        Api::<PersistentVolume>::all(client.clone())
+            .create(&Default::default(), &pv)
+            .await
+            .expect("the volume is created");
+        Self { name }
+    }
+}
+
+impl Drop for BoundVolume {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A fresh client on a thread of its own: the test's runtime is blocked in drop.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    if let Some(client) = cluster_quiet().await {
+                        let _ = Api::<PersistentVolume>::all(client)
+                            .delete(&name, &DeleteParams::default())
+                            .await;
+                    }
+                })
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn cluster_quiet() -> Option<Client> {
+    let config = swappo_testkit::kube_config().await.ok()?;
+    Client::try_from(config).ok()
+}
+
+/// A broker user on the local RabbitMQ, deleted when dropped.
+pub struct BrokerUser {
+    name: String,
+}
+
+impl BrokerUser {
+    /// Creates `name` with `password` and access to vhost `/`.
+    pub async fn new(name: &str, password: &str) -> Self {
+        swappo_testkit::Management::from_env()
+            .create_user(name, password, "/")
+            .await
+            .expect("the broker user is created");
+        Self {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let _ = swappo_testkit::Management::from_env()
+                        .delete_user(&name)
+                        .await;
+                })
+        })
+        .join()
+        .ok();
+    }
+}
