@@ -190,9 +190,12 @@ start_cluster() {
   wait_up kube-controller-manager 60 component_healthy "$KCM_PORT"
   wait_up kube-scheduler 60 component_healthy "$SCHEDULER_PORT"
   wait_up kwok 60 kwok_healthy
+}
 
-  # The node: no taint, generous allocatable (32 cpu, 256 GiB, 110 pods = the kubelet's pod limit)
-  # so the scheduler never refuses a test pod for resources.
+# ensure_node: creates the fake node, or restores its labels and annotations (a test may have
+# changed them). No taint and a generous allocatable (32 cpu, 256 GiB, 110 pods = the kubelet's
+# default pod limit), so the scheduler never refuses a test pod for resources.
+ensure_node() {
   kubectl_ apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Node
@@ -216,6 +219,7 @@ EOF
 
 verify() {
   wait_up kube-apiserver "$READY_TIMEOUT" apiserver_ready
+  ensure_node
   wait_up kwok 60 node_ready
   wait_up kube-controller-manager 60 default_sa_exists
 }
