@@ -155,12 +155,19 @@ impl Management {
     pub async fn create_user(&self, name: &str, password: &str, vhost: &str) -> Result<(), Error> {
         let u = enc(name);
         let user = serde_json::json!({"password": password, "tags": ""});
-        self.send(self.client.put(self.url(&format!("/api/users/{u}"))).json(&user), "create user")
-            .await?;
+        self.send(
+            self.client
+                .put(self.url(&format!("/api/users/{u}")))
+                .json(&user),
+            "create user",
+        )
+        .await?;
         let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
         let v = enc(vhost);
         self.send(
-            self.client.put(self.url(&format!("/api/permissions/{v}/{u}"))).json(&perms),
+            self.client
+                .put(self.url(&format!("/api/permissions/{v}/{u}")))
+                .json(&perms),
             "set user permissions",
         )
         .await?;
@@ -169,9 +176,14 @@ impl Management {
 
     /// Deletes user `name`; a missing user is not an error.
     pub async fn delete_user(&self, name: &str) -> Result<(), Error> {
-        let req = self.client.delete(self.url(&format!("/api/users/{}", enc(name))));
+        let req = self
+            .client
+            .delete(self.url(&format!("/api/users/{}", enc(name))));
         match self.send(req, "delete user").await {
-            Err(Error::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(()),
+            Err(Error::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(()),
             other => other.map(|_| ()),
         }
     }
