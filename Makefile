@@ -52,7 +52,7 @@ cluster-down: ## Stop exactly the control-plane processes that cluster-up starte
 
 .PHONY: test
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts
-	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
 
 .PHONY: bench-consumer
 bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the seed consumer -> bench/results/consumer.md
