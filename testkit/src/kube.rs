@@ -50,6 +50,14 @@ pub enum KubeError {
         /// The API error.
         source: kube::Error,
     },
+    /// The watch behind a wait failed.
+    #[error("watching for {what}: {source}")]
+    Watch {
+        /// What was awaited.
+        what: String,
+        /// Why the watch failed.
+        source: kube::runtime::wait::Error,
+    },
     /// A wait ran out of time (a failure guard, not a timing assertion).
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
@@ -125,10 +133,10 @@ where
 {
     match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(e)) => Err(KubeError::Timeout(
-            timeout,
-            format!("{what} (watch failed: {e})"),
-        )),
+        Ok(Err(source)) => Err(KubeError::Watch {
+            what: what.to_owned(),
+            source,
+        }),
         Err(_) => Err(KubeError::Timeout(timeout, what.to_owned())),
     }
 }
