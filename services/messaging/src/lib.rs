@@ -1,0 +1,19 @@
+//! Swappo's messaging library: the notification event contract, a publisher that never
+//! reports an unconfirmed message as sent, and a batching consumer with dead-lettering.
+//!
+//! - [`event`]: [`NotificationEvent`] and its validation (DESIGN.md §6).
+//! - [`config`]: [`BrokerConfig`] from `RABBITMQ_URL` or its parts; the password is redacted.
+//! - [`topology`]: [`declare`] a queue with its `<q>.dlx` / `<q>.dlq`.
+//! - [`metrics`]: counters shared by publisher and consumer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod event;
+pub mod metrics;
+pub mod topology;
+
+pub use config::{BrokerConfig, ConfigError};
+pub use event::{ContractError, EventType, NotificationEvent, SCHEMA_VERSION};
+pub use metrics::{MessagingMetrics, MetricsSnapshot};
+pub use topology::{QueueKind, QueueSpec, TopologyError, declare, declare_with};
