@@ -27,8 +27,14 @@ lint: ## rustfmt check and clippy with -D warnings
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the operator's Rust types (a test fails when it is stale)
+crds: ## Regenerate crds/ (and the chart's copy) from the operator's Rust types (tests fail when stale)
 	cargo run -q -p swappo-operator --bin crdgen > crds/swappo.io_swappomessagings.yaml
+	cp crds/swappo.io_swappomessagings.yaml charts/swappo-operator/crds/swappo.io_swappomessagings.yaml
+
+.PHONY: helm-lint
+helm-lint: ## helm lint --strict every chart in charts/ (helm from testenv-bins, else from PATH)
+	source scripts/env.sh && export PATH="$$SWAPPO_TESTBIN:$$PATH" && \
+	  for chart in charts/*/; do helm lint --strict "$$chart" || exit 1; done
 
 .PHONY: testenv-deps
 testenv-deps: ## Install (Debian) and start RabbitMQ + management and PostgreSQL on loopback
