@@ -306,6 +306,11 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
     let own_secret = get(&secrets, &names.secret).await?;
+    let regenerated = sm.spec.broker.credentials_secret.is_none()
+        && own_secret
+            .as_ref()
+            .and_then(|s| Credentials::from_secret(s, sm.is_managed()))
+            .is_none();
     let (creds, credentials_state) = credentials(sm, &secrets, own_secret.as_ref(), &names).await?;
     let endpoint = Endpoint::of(sm);
     if let Some(creds) = &creds {
@@ -348,6 +353,18 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
 
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let current = get(&deployments, &names.deployment).await?;
+        if regenerated && current.is_some() {
+            // RabbitMQ applies default_user only to an empty data directory: a broker that
+            // already ran keeps its old user, and the new credentials will be refused.
+            let note = format!(
+                "Secret {} was missing or incomplete and got new credentials; a broker with \
+                 existing data keeps its old user: restore the old Secret, or set the new \
+                 password on the broker (rabbitmqctl change_password)",
+                names.secret
+            );
+            warn!("{note}");
+            ctx.event(sm, true, "CredentialsRegenerated", note).await;
+        }
         let applied = ensure(&deployments, &broker::deployment(sm), current, ctx).await?;
         report(ctx, sm, &applied).await;
         let deployment = applied.into_inner();
