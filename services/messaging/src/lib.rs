@@ -4,16 +4,23 @@
 //! - [`event`]: [`NotificationEvent`] and its validation (DESIGN.md §6).
 //! - [`config`]: [`BrokerConfig`] from `RABBITMQ_URL` or its parts; the password is redacted.
 //! - [`topology`]: [`declare`] a queue with its `<q>.dlx` / `<q>.dlq`.
+//! - [`publisher`]: [`Publisher`], confirmed publishing with a window of messages in flight.
 //! - [`metrics`]: counters shared by publisher and consumer.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod config;
+mod connection;
 pub mod event;
 pub mod metrics;
+pub mod publisher;
 pub mod topology;
 
+pub use backoff::Backoff;
 pub use config::{BrokerConfig, ConfigError};
+pub use connection::ConnectError;
 pub use event::{ContractError, EventType, NotificationEvent, SCHEMA_VERSION};
 pub use metrics::{MessagingMetrics, MetricsSnapshot};
+pub use publisher::{PublishError, Publisher, PublisherOptions};
 pub use topology::{QueueKind, QueueSpec, TopologyError, declare, declare_with};

@@ -48,6 +48,10 @@ impl MessagingMetrics {
             dead_lettered: get(&self.dead_lettered),
         }
     }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
