@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -584,33 +585,37 @@ async fn the_dashboard_queries_only_metrics_the_code_exports_and_ships_unchanged
 // On the local control plane.
 // ---------------------------------------------------------------------------------------
 
-/// Applies the chart's CRD (server-side) and waits until it is served.
+/// Applies the CRD the operator's code generates (server-side, as the operator's own tests
+/// do, so concurrent tests never install two different versions) and waits until it is
+/// served. The chart's copy is the same file (`the_chart_carries_the_generated_crd_unchanged`).
 async fn install_crd() {
-    let crd = format!("{OPERATOR_CHART}/crds/{CRD_FILE}");
-    must(
-        "kubectl",
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=swappo-e2e-helm",
-            "-f",
-            &crd,
-        ],
-        None,
+    let client = kube_client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = swappo_operator::crd::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("swappo-e2e-helm").force(),
+        &Patch::Apply(&crd),
     )
-    .await;
-    must(
-        "kubectl",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/swappomessagings.swappo.io",
-            "--timeout=120s",
-        ],
-        None,
+    .await
+    .expect("the CRD applies");
+    swappo_testkit::wait_for(
+        &crds,
+        &name,
+        "CRD Established",
+        GUARD,
+        |c: Option<&CustomResourceDefinition>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
