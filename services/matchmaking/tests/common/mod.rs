@@ -8,6 +8,17 @@ use swappo_matchmaking::{Service, migrate, serve};
 use swappo_testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
+/// Logs of the code under test when `RUST_LOG` is set (e.g. `RUST_LOG=swappo_matchmaking=debug`);
+/// silent otherwise: the expected connection errors of the outage tests are noise.
+pub fn init_logs() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// One running service instance.
 pub struct Instance {
     pub base: String,
