@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "SWAPPO_RETRY_SECONDS", default_value_t = 10)]
     pub retry_seconds: u64,
 
+    /// Reconciles run at once. Bounds the API calls and AMQP logins in flight when many
+    /// resources are queued together (start-up, a re-list); 16 keeps a 2-core API server
+    /// responsive while 1000 objects are worked through.
+    #[arg(long, env = "SWAPPO_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: u16,
+
     /// Elect a leader through a Lease, so only one replica reconciles.
     #[arg(long, env = "SWAPPO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,

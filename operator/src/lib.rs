@@ -64,6 +64,7 @@ pub fn settings(config: &Config, identity: &str) -> Result<Settings> {
         recheck: Duration::from_secs(config.recheck_seconds.max(1)),
         retry: Duration::from_secs(config.retry_seconds.max(1)),
         instance: identity.to_owned(),
+        concurrency: config.max_concurrent_reconciles,
     })
 }
 

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Servi
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -44,6 +44,8 @@ pub struct Settings {
     pub retry: Duration,
     /// `reportingInstance` of Events.
     pub instance: String,
+    /// Reconciles run at once (0: unbounded).
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             recheck: Duration::from_secs(60),
             retry: Duration::from_secs(10),
             instance: "swappo-operator".into(),
+            concurrency: 16,
         }
     }
 }
@@ -467,6 +470,7 @@ pub async fn run_controller(
     .owns(api::<ConfigMap>(client, namespace), owned.clone())
     .owns(api::<Secret>(client, namespace), owned.clone())
     .owns(api::<PersistentVolumeClaim>(client, namespace), owned)
+    .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
     .graceful_shutdown_on(shutdown.cancelled_owned())
     .run(reconcile, error_policy, ctx.clone())
     .for_each(|result| async move {

@@ -114,6 +114,7 @@ pub fn local_broker_settings() -> Settings {
         recheck: Duration::from_secs(30),
         retry: Duration::from_secs(2),
         instance: "operator-tests".into(),
+        concurrency: 4,
     }
 }
 
