@@ -79,9 +79,9 @@ impl Config {
         crate::relay::RelayOptions {
             batch_size: self.outbox_batch_size,
             poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
-            max_backoff: Duration::from_millis(self.outbox_max_backoff_ms),
             ..Default::default()
         }
+        .with_max_backoff(Duration::from_millis(self.outbox_max_backoff_ms))
     }
 }
 

@@ -17,20 +17,18 @@ pub mod http;
 pub mod metrics;
 pub mod offer;
 pub mod outbox;
-pub mod publisher_stub;
 pub mod relay;
 pub mod store;
 
 use crate::http::AppState;
 use crate::metrics::Metrics;
-use crate::publisher_stub::PublisherOptions;
 use crate::relay::{Relay, RelayOptions};
 use crate::store::Store;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::Duration;
-use swappo_messaging::BrokerConfig;
+use swappo_messaging::{BrokerConfig, PublisherOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -13,12 +13,11 @@
 //! broker is unreachable it backs off exponentially; HTTP requests never wait for it.
 use crate::metrics::Metrics;
 use crate::outbox::{self, CHANNEL, Claimed};
-use crate::publisher_stub::{Publisher, PublisherOptions};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use swappo_messaging::{BrokerConfig, NotificationEvent};
+use swappo_messaging::{Backoff, BrokerConfig, NotificationEvent, Publisher, PublisherOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -29,9 +28,6 @@ pub enum RelayError {
     /// The database failed; the round is retried after a backoff.
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// The publisher could not connect; retried after a backoff.
-    #[error("cannot connect to the broker: {0}")]
-    Connect(String),
     /// The fault injection point [`Fault::CrashAfterConfirm`] fired: the relay stopped as if
     /// the process died after the broker confirmed and before the rows were marked sent.
     #[error("injected crash after confirm, before mark")]
@@ -53,11 +49,10 @@ pub struct RelayOptions {
     pub batch_size: i64,
     /// Longest sleep between rounds when nothing wakes the relay.
     pub poll_interval: Duration,
-    /// First retry delay after a failure; doubled per consecutive failure.
-    pub min_backoff: Duration,
-    /// Cap of the retry delay.
-    pub max_backoff: Duration,
-    /// Longest wait for a batch's confirms; the claimed rows stay locked meanwhile.
+    /// Retry delays after consecutive failed rounds (jittered, capped).
+    pub backoff: Backoff,
+    /// Longest wait for a batch's confirms; the claimed rows stay locked meanwhile. A guard
+    /// above the publisher's own limits (`connect_wait`, `confirm_timeout`).
     pub publish_timeout: Duration,
     /// Test hook; `None` in production.
     pub fault: Option<Fault>,
@@ -72,51 +67,32 @@ impl Default for RelayOptions {
             // Commits wake the relay at once (Notify / LISTEN); the poll only catches a missed
             // notification, so 5 s bounds the worst-case delay without busy polling.
             poll_interval: Duration::from_secs(5),
-            min_backoff: Duration::from_millis(200),
-            // An outage is retried at least every 30 s once the backoff has grown.
-            max_backoff: Duration::from_secs(30),
-            // Confirms normally arrive in milliseconds; 30 s is a stuck broker.
-            publish_timeout: Duration::from_secs(30),
+            // 200 ms doubling to 30 s: a broker restart is ridden out within a second or
+            // two; a long outage costs one publish attempt per 15-30 s per replica.
+            backoff: Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+            },
+            // The publisher gives up by itself after connect_wait (5 s) or confirm_timeout
+            // (30 s); 45 s only catches a publisher that never answers.
+            publish_timeout: Duration::from_secs(45),
             fault: None,
         }
     }
 }
 
-/// Exponential backoff between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `min`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-
-    /// The delay to wait now; the following one is twice as long, up to `max`.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    /// Back to `min` after a success.
-    pub fn reset(&mut self) {
-        self.next = self.min;
+impl RelayOptions {
+    /// These options with the backoff capped at `max`.
+    pub fn with_max_backoff(mut self, max: Duration) -> Self {
+        self.backoff.max = max.max(self.backoff.initial);
+        self
     }
 }
 
 /// The relay's broker connection as others see it (for `/ready`).
 #[derive(Default)]
 pub struct BrokerStatus {
-    publisher: Mutex<Option<Arc<Publisher>>>,
+    publisher: Mutex<Option<Publisher>>,
 }
 
 impl BrokerStatus {
@@ -125,11 +101,11 @@ impl BrokerStatus {
         self.current().is_some_and(|p| p.is_connected())
     }
 
-    fn current(&self) -> Option<Arc<Publisher>> {
+    fn current(&self) -> Option<Publisher> {
         self.publisher.lock().expect("broker status lock").clone()
     }
 
-    fn set(&self, p: Option<Arc<Publisher>>) {
+    fn set(&self, p: Option<Publisher>) {
         *self.publisher.lock().expect("broker status lock") = p;
     }
 }
@@ -194,7 +170,16 @@ impl Relay {
             self.wake.clone(),
             listener_stop.clone(),
         ));
-        let result = self.run_rounds(&shutdown).await;
+        // Connects in the background and reconnects by itself; publishes wait for it up to
+        // its connect_wait, then fail and the relay backs off.
+        let publisher = Publisher::start(self.broker.clone(), self.publisher_options.clone());
+        info!(
+            broker = %self.broker.redacted(),
+            queue = %self.publisher_options.routing_key,
+            "outbox relay started"
+        );
+        self.status.set(Some(publisher.clone()));
+        let result = self.run_rounds(&publisher, &shutdown).await;
         listener_stop.cancel();
         let _ = listener.await;
         if let Some(p) = self.status.current() {
@@ -205,20 +190,24 @@ impl Relay {
         result
     }
 
-    async fn run_rounds(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
-        let mut backoff = Backoff::new(self.options.min_backoff, self.options.max_backoff);
+    async fn run_rounds(
+        &self,
+        publisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            let outcome = match self.publisher().await {
-                Ok(p) => self.round(&p).await,
-                Err(e) => Err(e),
-            };
+            let outcome = self.round(publisher).await;
             self.metrics
                 .broker_connected
                 .set(self.status.is_connected() as i64);
             let pause = match outcome {
-                Ok(round) if round.failed > 0 => Some(backoff.next_delay()),
+                Ok(round) if round.failed > 0 => {
+                    failures = failures.saturating_add(1);
+                    Some(self.options.backoff.delay(failures - 1))
+                }
                 Ok(round) => {
-                    backoff.reset();
+                    failures = 0;
                     if round.sent > 0 && round.claimed as i64 >= self.options.batch_size {
                         continue; // more rows are probably waiting
                     }
@@ -226,7 +215,8 @@ impl Relay {
                 }
                 Err(RelayError::InjectedCrash) => return Err(RelayError::InjectedCrash),
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    failures = failures.saturating_add(1);
+                    let delay = self.options.backoff.delay(failures - 1);
                     warn!(error = %e, retry_in = ?delay, "outbox relay round failed");
                     Some(delay)
                 }
@@ -241,21 +231,6 @@ impl Relay {
             }
         }
         Ok(())
-    }
-
-    async fn publisher(&self) -> Result<Arc<Publisher>, RelayError> {
-        if let Some(p) = self.status.current() {
-            return Ok(p);
-        }
-        let connect = Publisher::connect(self.broker.clone(), self.publisher_options.clone());
-        let p = tokio::time::timeout(self.options.publish_timeout, connect)
-            .await
-            .map_err(|_| RelayError::Connect("timed out".into()))?
-            .map_err(|e| RelayError::Connect(e.to_string()))?;
-        info!(broker = %self.broker.redacted(), "outbox relay connected to the broker");
-        let p = Arc::new(p);
-        self.status.set(Some(p.clone()));
-        Ok(p)
     }
 
     /// One claim-publish-mark round.
@@ -388,15 +363,6 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let got: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 400, 500, 500]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-    }
 
     #[test]
     fn a_row_whose_payload_is_not_an_event_is_failed_not_published() {

@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use swappo_matchmaking::Service;
 use swappo_matchmaking::relay::{Fault, RelayError, RelayOptions};
-use swappo_messaging::{BrokerConfig, EventType, NotificationEvent, QueueSpec, declare};
+use swappo_messaging::{
+    Backoff, BrokerConfig, EventType, NotificationEvent, PublisherOptions, QueueSpec, declare,
+};
 use swappo_testkit::{OutageProxy, TestDb, TestVhost};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -94,9 +96,11 @@ fn fast_options() -> RelayOptions {
         // Small batches and short waits so the tests exercise many rounds quickly.
         batch_size: 20,
         poll_interval: Duration::from_millis(500),
-        min_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        publish_timeout: Duration::from_secs(5),
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        },
+        publish_timeout: Duration::from_secs(10),
         fault: None,
     }
 }
@@ -121,7 +125,15 @@ fn start_relay(service: &mut Service, amqp_url: &str, options: RelayOptions) -> 
     let broker = BrokerConfig::from_url(amqp_url.to_string()).unwrap();
     let relay = service.relay(
         broker,
-        swappo_matchmaking::publisher_options(QUEUE),
+        PublisherOptions {
+            // Short waits: the outage tests see failures, and recoveries, quickly.
+            connect_wait: Duration::from_secs(1),
+            backoff: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(500),
+            },
+            ..swappo_matchmaking::publisher_options(QUEUE)
+        },
         options,
     );
     let stop = CancellationToken::new();
