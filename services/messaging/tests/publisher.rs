@@ -177,7 +177,19 @@ async fn publish_all_through_an_outage_reports_exactly_what_the_queue_holds() {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        management.close_connections(&vhost_name).await.unwrap()
+        // The management API lists a connection only once its first stats arrived
+        // (every few seconds): retry until one was closed.
+        loop {
+            let closed = management.close_connections(&vhost_name).await.unwrap();
+            if closed > 0 {
+                return closed;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no connection to close"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
     let results = tokio::time::timeout(GUARD * 5, p.publish_all(&events))
         .await
@@ -233,7 +245,14 @@ async fn publish_all_through_an_outage_reports_exactly_what_the_queue_holds() {
 async fn the_publisher_reconnects_by_itself_after_its_connection_is_closed() {
     let (v, p) = setup(QueueSpec::classic("again")).await;
     p.publish(&event(1)).await.unwrap();
-    assert!(v.management().close_connections(v.name()).await.unwrap() >= 1);
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while v.management().close_connections(v.name()).await.unwrap() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection to close"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Within connect_wait, a publish waits for the reconnect instead of failing.
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
