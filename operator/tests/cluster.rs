@@ -339,6 +339,22 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
             .run_as_non_root,
         Some(true)
     );
+    // The namespace really enforces `restricted`: a root pod is refused there.
+    let root_pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "root"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"runAsUser": 0}}]}
+    }))
+    .unwrap();
+    match pods.create(&PostParams::default(), &root_pod).await {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains("violates PodSecurity"),
+                "{}",
+                status.message
+            )
+        }
+        other => panic!("a root pod was not refused by restricted admission: {other:?}"),
+    }
 
     // No broker user with these credentials yet: the login is refused, and says so.
     let refused = eventually("BrokerReady reason AuthenticationFailed", WAIT, || async {
@@ -1000,5 +1016,59 @@ async fn the_broker_password_never_appears_in_the_operator_logs() {
     assert!(
         !log.contains(&encoded),
         "the base64 password appears in the operator's log"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_finds_its_lease_taken_stops_and_exits_with_an_error() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::new("op-stolen-").await;
+    let args = [
+        "--namespace",
+        ns.name(),
+        "--lease-namespace",
+        ns.name(),
+        "--lease-duration-seconds",
+        "4",
+    ];
+    let mut a = Process::spawn("operator-a", "info", &args);
+    eventually("operator-a to lead", WAIT, || async {
+        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    // Another replica (say, after a network partition) holds the Lease now.
+    let leases = Api::<Lease>::namespaced(client.clone(), ns.name());
+    let patch = serde_json::json!({"spec": {
+        "holderIdentity": "intruder",
+        "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now()
+        ),
+    }});
+    leases
+        .patch(
+            "swappo-operator",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let status = a
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("still running; log:\n{}", a.log()));
+    assert!(
+        !status.success(),
+        "a leader that lost its lease must not exit 0"
+    );
+    assert!(
+        a.log().contains("lost the leader lease"),
+        "log:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        lease_holder(&client, ns.name()).await.as_deref(),
+        Some("intruder")
     );
 }
