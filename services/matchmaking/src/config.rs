@@ -68,6 +68,10 @@ pub struct Config {
     #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = 30_000)]
     pub outbox_max_backoff_ms: u64,
 
+    /// Hours a confirmed outbox row is kept before the relay deletes it.
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -79,6 +83,7 @@ impl Config {
         crate::relay::RelayOptions {
             batch_size: self.outbox_batch_size,
             poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
+            retention: Duration::from_secs(self.outbox_retention_hours * 3600),
             ..Default::default()
         }
         .with_max_backoff(Duration::from_millis(self.outbox_max_backoff_ms))
@@ -125,6 +130,7 @@ impl std::fmt::Debug for Config {
             .field("outbox_batch_size", &self.outbox_batch_size)
             .field("outbox_poll_interval_ms", &self.outbox_poll_interval_ms)
             .field("outbox_max_backoff_ms", &self.outbox_max_backoff_ms)
+            .field("outbox_retention_hours", &self.outbox_retention_hours)
             .field("log_format", &self.log_format)
             .finish()
     }

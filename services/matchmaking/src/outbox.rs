@@ -92,6 +92,19 @@ pub async fn mark_failed(
     Ok(())
 }
 
+/// Deletes rows confirmed more than `retention` ago; pending rows are never deleted.
+/// Returns how many were removed.
+pub async fn purge_sent(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let seconds = retention.as_secs_f64();
+    let done = sqlx::query(
+        "DELETE FROM outbox WHERE sent_at IS NOT NULL          AND sent_at < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// How far behind the relay is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {

@@ -54,9 +54,16 @@ pub struct RelayOptions {
     /// Longest wait for a batch's confirms; the claimed rows stay locked meanwhile. A guard
     /// above the publisher's own limits (`connect_wait`, `confirm_timeout`).
     pub publish_timeout: Duration,
+    /// How long confirmed rows are kept (for audits and debugging) before the relay
+    /// deletes them.
+    pub retention: Duration,
     /// Test hook; `None` in production.
     pub fault: Option<Fault>,
 }
+
+/// How often a relay deletes confirmed rows older than the retention: hourly is plenty for
+/// a retention of days, and each replica doing it is harmless (the DELETE is idempotent).
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Default for RelayOptions {
     fn default() -> Self {
@@ -76,6 +83,8 @@ impl Default for RelayOptions {
             // The publisher gives up by itself after connect_wait (5 s) or confirm_timeout
             // (30 s); 45 s only catches a publisher that never answers.
             publish_timeout: Duration::from_secs(45),
+            // A week of sent events: enough to trace a complaint, bounded table growth.
+            retention: Duration::from_secs(7 * 24 * 3600),
             fault: None,
         }
     }
@@ -196,7 +205,16 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut failures: u32 = 0;
+        let mut last_purge: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
+            if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                last_purge = Some(tokio::time::Instant::now());
+                match outbox::purge_sent(&self.pool, self.options.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(deleted = n, "deleted confirmed outbox rows past retention"),
+                    Err(e) => warn!(error = %e, "could not delete old outbox rows"),
+                }
+            }
             let outcome = self.round(publisher).await;
             self.metrics
                 .broker_connected

@@ -892,3 +892,36 @@ async fn ready_reports_a_database_that_does_not_answer() {
     assert_eq!(api.get("/health").await.0, StatusCode::OK);
     instance.stop().await;
 }
+
+#[tokio::test]
+async fn purging_deletes_only_confirmed_rows_past_the_retention() {
+    let env = Env::start().await;
+    let a = env.api.create(P, R, &[1], &[2]).await;
+    env.api.must_patch(a, R, "accepted").await;
+    env.api.create(P, R, &[3], &[4]).await;
+    // Row 1 confirmed two hours ago, row 2 just now, row 3 still pending.
+    sqlx::raw_sql(
+        "UPDATE outbox SET sent_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM outbox); \
+         UPDATE outbox SET sent_at = now() WHERE id = (SELECT min(id) + 1 FROM outbox);",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let deleted = swappo_matchmaking::outbox::purge_sent(&env.pool, hour)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(env.count("outbox").await, 2);
+    assert_eq!(
+        env.count("pending").await,
+        1,
+        "a pending row is never purged"
+    );
+    assert_eq!(
+        swappo_matchmaking::outbox::purge_sent(&env.pool, hour)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -101,6 +101,7 @@ fn fast_options() -> RelayOptions {
             max: Duration::from_millis(500),
         },
         publish_timeout: Duration::from_secs(10),
+        retention: Duration::from_secs(3600),
         fault: None,
     }
 }
