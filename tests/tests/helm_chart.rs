@@ -347,7 +347,7 @@ async fn the_operator_runs_restricted_probed_and_configured_only_through_variabl
     assert_restricted(pod, "operator");
     assert_eq!(pod["serviceAccountName"], "rel-swappo-operator");
     let container = &pod["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/swappo/swappo-operator:0.1.0");
+    assert_eq!(container["image"], "swappo/swappo-operator:0.1.0");
     let vars = env(container);
     for name in vars.keys() {
         assert!(
@@ -579,6 +579,52 @@ async fn the_dashboard_queries_only_metrics_the_code_exports_and_ships_unchanged
         cm["data"]["swappo-messaging.json"].as_str().unwrap(),
         file.trim_end()
     );
+}
+
+/// Every PromQL expression of the dashboard.
+fn dashboard_exprs() -> Vec<String> {
+    let file = read(&format!(
+        "{OPERATOR_CHART}/dashboards/swappo-messaging.json"
+    ));
+    let dashboard: serde_json::Value = serde_json::from_str(&file).expect("dashboard JSON");
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboards_broker_queries_name_metrics_a_real_rabbitmq_serves() {
+    // The local RabbitMQ (`make testenv-deps`) with its prometheus plugin on 15692: the
+    // aggregated /metrics and the per-queue families the dashboard's description names.
+    let addr =
+        std::env::var("RABBITMQ_PROMETHEUS_ADDR").unwrap_or_else(|_| "127.0.0.1:15692".into());
+    let mut served = http_get(&addr, "/metrics").await;
+    served.push_str(
+        &http_get(
+            &addr,
+            "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count",
+        )
+        .await,
+    );
+    let mut checked = 0;
+    for expr in dashboard_exprs() {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("rabbitmq_") {
+                assert!(
+                    served
+                        .lines()
+                        .any(|l| l.starts_with(&format!("# TYPE {word} "))),
+                    "the dashboard queries {word}, which RabbitMQ does not serve"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} broker metrics checked");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -342,3 +342,36 @@ fn compose_sets_only_variables_the_services_read() {
         }
     }
 }
+
+#[test]
+fn docker_compose_itself_accepts_the_file_where_it_is_installed() {
+    // Validation by the real tool needs no engine: `config -q` only parses and checks the
+    // schema. It runs where a compose client exists (Debian's docker-compose package; the
+    // docker CLI's compose plugin), and says so where none does.
+    let candidates: [&[&str]; 2] = [&["docker-compose"], &["docker", "compose"]];
+    let mut ran = false;
+    for argv in candidates {
+        let out = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .args(["-f", "docker-compose.yml", "config", "-q"])
+            .current_dir(repo())
+            .output();
+        let Ok(out) = out else { continue };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("unknown command") {
+            continue; // `docker` without the compose plugin
+        }
+        assert!(
+            out.status.success(),
+            "{} rejects docker-compose.yml:\n{stderr}",
+            argv.join(" ")
+        );
+        ran = true;
+        break;
+    }
+    if !ran {
+        eprintln!(
+            "no docker-compose client here: docker-compose.yml checked by the other tests only"
+        );
+    }
+}
