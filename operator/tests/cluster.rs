@@ -1072,3 +1072,92 @@ async fn a_leader_that_finds_its_lease_taken_stops_and_exits_with_an_error() {
         Some("intruder")
     );
 }
+
+/// The namespaced permissions the operator needs (the chart grants the same, cluster-wide).
+fn operator_rules(with_deployments: bool) -> serde_json::Value {
+    let rw = ["get", "list", "watch", "create", "patch", "update"];
+    let mut rules = vec![
+        serde_json::json!({"apiGroups": ["swappo.io"], "resources": ["swappomessagings"], "verbs": ["get", "list", "watch"]}),
+        serde_json::json!({"apiGroups": ["swappo.io"], "resources": ["swappomessagings/status"], "verbs": ["get", "patch", "update"]}),
+        serde_json::json!({"apiGroups": [""], "resources": ["secrets", "configmaps", "services", "persistentvolumeclaims"], "verbs": rw}),
+        serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+        serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}),
+    ];
+    let apps_verbs: &[&str] = if with_deployments {
+        &rw
+    } else {
+        &["get", "list", "watch"]
+    };
+    rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": apps_verbs}));
+    serde_json::Value::Array(rules)
+}
+
+async fn grant(ns: &TestNamespace, with_deployments: bool) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "swappo-operator"}, "rules": operator_rules(with_deployments)
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "swappo-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "swappo-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "swappo-operator", "namespace": ns.name()}]
+    }))
+    .unwrap();
+    let apply = PatchParams::apply("operator-tests").force();
+    ns.api::<Role>()
+        .patch("swappo-operator", &apply, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    ns.api::<RoleBinding>()
+        .patch("swappo-operator", &apply, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_a_warning_event_and_the_documented_rbac_is_enough() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-rbac-").await;
+    grant(&ns, false).await;
+    let operator_client = ns.service_account_client("swappo-operator").await.unwrap();
+    let operator = InProcess::start(&operator_client, ns.name(), local_broker_settings());
+    let sm = create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+
+    // Without the right to write Deployments: a Warning Event naming the refusal, counted.
+    let failed = eventually("a ReconcileFailed Warning", WAIT, || async {
+        let events = ns
+            .api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        events.into_iter().find(|e| {
+            e.reason.as_deref() == Some("ReconcileFailed")
+                && e.regarding.as_ref().and_then(|r| r.uid.clone()) == sm.uid()
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    let note = failed.note.unwrap_or_default();
+    assert!(
+        note.contains("apply Deployment dev-rabbitmq") && note.contains("forbidden"),
+        "{note}"
+    );
+    assert!(
+        operator
+            .metrics
+            .encode()
+            .contains("swappo_operator_reconcile_errors_total{kind=\"forbidden\"}")
+    );
+
+    // With the documented rules, the next retry (backoff from 5 s) gets through.
+    grant(&ns, true).await;
+    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    wait_condition(&ns, "dev", "BrokerReady", "False").await;
+    operator.stop().await;
+}
