@@ -507,3 +507,57 @@ async fn two_instances_on_one_database_publish_every_row_and_none_twice() {
     ia.stop().await;
     ib.stop().await;
 }
+
+/// A measurement, not a check: `cargo test -p swappo-matchmaking --test relay -- --ignored
+/// --nocapture` prints how fast one relay drains a backlog of outbox rows (release builds
+/// give the meaningful figure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn report_how_fast_one_relay_drains_a_backlog() {
+    const N: usize = 10_000;
+    let bus = Bus::new().await;
+    for batch_size in [20, 100, 500] {
+        let db = TestDb::new("mm_").await;
+        let pool = pool(&db).await;
+        let events: Vec<NotificationEvent> = (0..N)
+            .map(|i| {
+                NotificationEvent::new(
+                    format!("u{i}"),
+                    EventType::TradeOfferReceived,
+                    "New Trade Offer",
+                    "You received a new trade offer.",
+                )
+                .with_related_offer(i as i64 + 1)
+            })
+            .collect();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let payloads: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        sqlx::query(
+            "INSERT INTO outbox (event_id, payload) SELECT * FROM unnest($1::uuid[], $2::jsonb[])",
+        )
+        .bind(&ids)
+        .bind(&payloads)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut service = Service::new(pool.clone());
+        let options = RelayOptions {
+            batch_size,
+            ..fast_options()
+        };
+        let started = std::time::Instant::now();
+        let relay = start_relay(&mut service, bus.vhost.amqp_url(), options);
+        wait_until_sent(&pool).await;
+        let secs = started.elapsed().as_secs_f64();
+        relay.stop().await;
+        bus.wait_depth(N as u32).await;
+        assert_eq!(bus.drain().await.len(), N);
+        eprintln!(
+            "relay drained {N} events in {secs:.2} s: {:.0} events/s (batch {batch_size}, quorum queue)",
+            N as f64 / secs
+        );
+    }
+}
