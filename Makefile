@@ -63,3 +63,15 @@ test: testenv-deps cluster-up ## Run every test (unit and integration) against t
 .PHONY: bench-consumer
 bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the seed consumer -> bench/results/consumer.md
 	bash bench/consumer.sh
+
+.PHONY: demo
+demo: ## Run the operator and both services locally under a load of trade offers, with a live view (DEMO_DURATION=60 for unattended)
+	bash scripts/demo.sh
+
+.PHONY: demo-check
+demo-check: ## Unattended 20 s demo checked end to end: the summary must say lost 0 (tests/tests/demo_smoke.rs)
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_DEMO_CHECK=1 cargo test -p swappo-e2e --test demo_smoke -- --nocapture
+
+.PHONY: bench
+bench: ## Run every benchmark target (bench-*) and write one dated table to bench/results/README.md
+	bash bench/all.sh

@@ -1,0 +1,187 @@
+//! Reads everything the live view and the summary show, each from its source of truth: the
+//! broker's management API, the control plane, and the two services' databases.
+use crate::broker::{Management, QueueCounts};
+use crate::view::Snapshot;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use sqlx::PgPool;
+use std::time::Duration;
+use swappo_operator::crd::SwappoMessaging;
+
+/// The longest one source may take before it shows as `?` in this refresh.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counts from the databases.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbCounts {
+    /// Outbox rows written.
+    pub outbox: u64,
+    /// Outbox rows confirmed by the broker.
+    pub published: u64,
+    /// Notification rows stored.
+    pub stored: u64,
+}
+
+/// Where to look.
+pub struct Observer {
+    /// Management API (administrator).
+    pub management: Management,
+    /// The control plane.
+    pub client: kube::Client,
+    /// Namespace of the demo.
+    pub namespace: String,
+    /// SwappoMessaging name.
+    pub name: String,
+    /// Consumer Deployment name.
+    pub deployment: String,
+    /// The queue.
+    pub queue: String,
+    /// The matchmaking database.
+    pub matchmaking: PgPool,
+    /// The notifications database.
+    pub notifications: PgPool,
+}
+
+async fn within<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
+    tokio::time::timeout(READ_TIMEOUT, f).await.ok()?.ok()
+}
+
+impl Observer {
+    /// The queue's counts (`None`: unknown), and the dead-letter queue's.
+    pub async fn queues(&self) -> (Option<QueueCounts>, Option<u64>) {
+        let dlq = format!("{}.dlq", self.queue);
+        let (q, d) = tokio::join!(
+            within(self.management.queue(&self.queue)),
+            within(self.management.queue(&dlq)),
+        );
+        // A queue that does not exist (yet) holds nothing.
+        (
+            q.map(Option::unwrap_or_default),
+            d.map(|d| d.unwrap_or_default().messages),
+        )
+    }
+
+    /// Outbox and notification counts. The notifications table appears with the first
+    /// consumer's migrations; until then nothing is stored.
+    pub async fn db(&self) -> Option<DbCounts> {
+        let outbox = within(
+            sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(sent_at) FROM outbox")
+                .fetch_one(&self.matchmaking),
+        );
+        let stored = within(
+            sqlx::query_scalar::<_, i64>(
+                "SELECT CASE WHEN to_regclass('notifications') IS NULL THEN 0 \
+                 ELSE (SELECT count(*) FROM notifications) END",
+            )
+            .fetch_one(&self.notifications),
+        );
+        let (outbox, stored) = tokio::join!(outbox, stored);
+        let (outbox, published) = outbox?;
+        Some(DbCounts {
+            outbox: outbox.try_into().unwrap_or(0),
+            published: published.try_into().unwrap_or(0),
+            stored: stored?.try_into().unwrap_or(0),
+        })
+    }
+
+    /// The consumer Deployment's `spec.replicas` and ready replicas.
+    pub async fn deployment(&self) -> Option<(Option<i32>, Option<i32>)> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let d = within(api.get(&self.deployment)).await?;
+        Some((
+            d.spec.replicas,
+            d.status.map(|s| s.ready_replicas.unwrap_or(0)),
+        ))
+    }
+
+    /// Fills the control-plane and broker parts of `s`.
+    pub async fn fill(&self, s: &mut Snapshot) {
+        let sms: Api<SwappoMessaging> = Api::namespaced(self.client.clone(), &self.namespace);
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = ListParams::default();
+        let (queues, db, deployment, sm, events) = tokio::join!(
+            self.queues(),
+            self.db(),
+            self.deployment(),
+            within(sms.get(&self.name)),
+            within(events.list(&list)),
+        );
+        let (queue, dlq) = queues;
+        s.ready = queue.map(|q| q.messages_ready);
+        s.unacked = queue.map(|q| q.messages_unacknowledged);
+        s.queue_consumers = queue.map(|q| q.consumers);
+        s.dead_lettered = dlq;
+        if let Some(db) = db {
+            s.outbox = Some(db.outbox);
+            s.published = Some(db.published);
+            s.stored = Some(db.stored);
+        }
+        if let Some((replicas, ready)) = deployment {
+            s.replicas = replicas;
+            s.ready_replicas = ready;
+        }
+        if let Some(status) = sm.and_then(|sm| sm.status) {
+            s.conditions = status
+                .conditions
+                .iter()
+                .map(|c| format!("{}={}({})", c.type_, c.status, c.reason))
+                .collect();
+            if let Some(c) = status
+                .consumers
+                .iter()
+                .find(|c| c.deployment == self.deployment)
+            {
+                s.desired = Some(c.desired_replicas);
+                s.reason = (!c.reason.is_empty()).then(|| c.reason.clone());
+                s.last_scale = c.last_scale_time.as_ref().map(|t| t.0.to_string());
+            }
+        }
+        if let Some(list) = events {
+            s.events = operator_events(list.items, 4);
+        }
+    }
+}
+
+/// The operator's `n` latest Events as `HH:MM:SS Reason kind/name: note`, oldest first.
+pub fn operator_events(items: Vec<Event>, n: usize) -> Vec<String> {
+    let mut ours: Vec<(String, String)> = items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some(swappo_operator::builders::MANAGER))
+        .map(|e| {
+            let when = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0.to_string())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                .or_else(|| {
+                    e.deprecated_last_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                })
+                .unwrap_or_default();
+            let hms = when.get(11..19).unwrap_or("--:--:--").to_string();
+            let what = e
+                .regarding
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.kind.as_deref().unwrap_or("?"),
+                        r.name.as_deref().unwrap_or("?")
+                    )
+                })
+                .unwrap_or_default();
+            let note: String = e.note.unwrap_or_default().chars().take(90).collect();
+            let line = format!(
+                "{hms} {} {what}: {note}",
+                e.reason.as_deref().unwrap_or("-")
+            );
+            (when, line)
+        })
+        .collect();
+    ours.sort();
+    let skip = ours.len().saturating_sub(n);
+    ours.into_iter().skip(skip).map(|(_, l)| l).collect()
+}
