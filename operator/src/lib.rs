@@ -137,3 +137,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let served = server.await.map_err(|e| Error::Config(e.to_string()))?;
     held.and(served)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_development_override_that_is_not_host_port_is_refused_at_start() {
+        let config =
+            Config::try_parse_from(["swappo-operator", "--broker-address-override=localhost"])
+                .unwrap();
+        let e = settings(&config, "me").unwrap_err();
+        assert!(e.to_string().contains("--broker-address-override"), "{e}");
+        let config = Config::try_parse_from([
+            "swappo-operator",
+            "--broker-address-override=127.0.0.1:5672",
+        ])
+        .unwrap();
+        let s = settings(&config, "me").unwrap();
+        assert_eq!(s.broker_override.unwrap().address(), "127.0.0.1:5672");
+        assert_eq!(s.instance, "me");
+    }
+}

@@ -9,7 +9,7 @@ use crate::diff::needs_apply;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::status::{
-    self, AmqpCheck, CredentialsState, Observed, condition, desired_status, transitions,
+    AmqpCheck, CredentialsState, Observed, condition, desired_status, transitions,
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -482,9 +482,6 @@ pub async fn run_controller(
     .await;
     info!("controller stopped");
 }
-
-/// The condition types this reconciler writes.
-pub const CONDITIONS: [&str; 2] = [status::condition::READY, status::condition::BROKER_READY];
 
 #[cfg(test)]
 mod tests {
