@@ -92,12 +92,21 @@ impl Error {
 impl Error {
     /// Whether this is the database being unreachable (retry later) rather than a bug.
     fn database_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Error::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            )
-        )
+        let Error::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // Class 08: connection exceptions; 57P01-57P03: the server is shutting down,
+            // crashed or starting up.
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
     }
 
     /// What the client may see.

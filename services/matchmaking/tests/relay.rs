@@ -36,7 +36,11 @@ struct Bus {
 impl Bus {
     async fn new() -> Self {
         common::init_logs();
-        let vhost = TestVhost::new("mm-").await;
+        Self::on(TestVhost::new("mm-").await).await
+    }
+
+    /// Declares the queue in an existing vhost.
+    async fn on(vhost: TestVhost) -> Self {
         let conn = Connection::connect(vhost.amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
@@ -506,6 +510,98 @@ async fn two_instances_on_one_database_publish_every_row_and_none_twice() {
     relay_b.stop().await;
     ia.stop().await;
     ib.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_in_the_outbox_while_the_queue_is_missing_and_go_out_once_it_exists() {
+    common::init_logs();
+    let vhost = TestVhost::new("mm-").await;
+    let db = TestDb::new("mm_").await;
+    let pool = pool(&db).await;
+    let mut service = Service::new(pool.clone());
+    let relay = start_relay(&mut service, vhost.amqp_url(), fast_options());
+    let instance = Instance::start(&service).await;
+    let api = Api::new(&instance.base);
+    api.create("alice", "bob", &[1], &[2]).await;
+
+    // Published as mandatory, the event comes back unroutable: not confirmed, not marked.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if let Some(e) = error {
+            assert!(e.contains("unroutable"), "{e}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let bus = Bus::on(vhost).await; // the operator declares the queue
+    bus.wait_depth(1).await;
+    wait_until_sent(&pool).await;
+    assert_eq!(bus.drain().await.len(), 1);
+    relay.stop().await;
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_requests_with_503_and_the_relay_resumes_by_itself() {
+    common::init_logs();
+    let bus = Bus::new().await;
+    let pg = swappo_testkit::PrivatePostgres::start().await;
+    let pool =
+        swappo_matchmaking::connect_lazy(&pg.url("postgres"), 5, Duration::from_secs(1)).unwrap();
+    swappo_matchmaking::migrate(&pool).await.unwrap();
+    let mut service = Service::new(pool.clone());
+    let relay = start_relay(&mut service, bus.vhost.amqp_url(), fast_options());
+    let instance = Instance::start(&service).await;
+    let api = Api::new(&instance.base);
+    let first = api.create("alice", "bob", &[1], &[2]).await;
+    bus.wait_depth(1).await;
+
+    pg.stop().await;
+    let (code, body) = api.patch(first, "bob", "accepted").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (code, ready) = api.get("/ready").await;
+    assert_eq!(
+        (code, ready["database"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("down"))
+    );
+    // Give the relay a few failed rounds against the dead database.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.restart().await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (code, body) = api.patch(first, "bob", "accepted").await;
+        if code == StatusCode::OK {
+            break;
+        }
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the database never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bus.wait_depth(2).await;
+    wait_until_sent(&pool).await;
+    let got = bus.drain().await;
+    let types: Vec<EventType> = got.iter().map(|(_, e)| e.event_type).collect();
+    assert_eq!(
+        types,
+        vec![EventType::TradeOfferReceived, EventType::TradeOfferAccepted]
+    );
+    relay.stop().await;
+    instance.stop().await;
 }
 
 /// A measurement, not a check: `cargo test -p swappo-matchmaking --test relay -- --ignored
