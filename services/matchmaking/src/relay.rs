@@ -17,7 +17,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use swappo_messaging::{Backoff, BrokerConfig, NotificationEvent, Publisher, PublisherOptions};
+use swappo_messaging::{
+    Backoff, BrokerConfig, NotificationEvent, PublishError, Publisher, PublisherOptions,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -128,8 +130,8 @@ pub struct Round {
     pub sent: usize,
     /// Rows whose publish failed (the relay backs off).
     pub failed: usize,
-    /// Rows whose payload is not an event: left pending with the reason in `last_error`,
-    /// never published half-read, and no reason to back off.
+    /// Rows whose payload is not a valid event (does not parse, or breaks the contract):
+    /// left pending with the reason in `last_error`, never published, no reason to back off.
     pub undecodable: usize,
 }
 
@@ -260,7 +262,7 @@ impl Relay {
             tx.commit().await?;
             return Ok(Round::default());
         }
-        let (events, undecodable) = decode(&claimed);
+        let (events, mut undecodable) = decode(&claimed);
         let mut failed = Vec::new();
         let results = match tokio::time::timeout(
             self.options.publish_timeout,
@@ -268,11 +270,10 @@ impl Relay {
         )
         .await
         {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| r.map_err(|e| e.to_string()))
-                .collect(),
-            Err(_) => vec![Err("no confirm within the publish timeout".to_string()); events.len()],
+            Ok(results) => results,
+            Err(_) => {
+                vec![Err(PublishError::ConfirmTimeout(self.options.publish_timeout)); events.len()]
+            }
         };
         let mut sent = Vec::new();
         let mut lags = Vec::new();
@@ -282,7 +283,10 @@ impl Relay {
                     sent.push(row.id);
                     lags.push(row.created_at);
                 }
-                Err(e) => failed.push((row.id, e)),
+                // The publisher refused the event itself: retrying will not help, and it
+                // must not slow the others down with backoff. It stays pending, with why.
+                Err(e @ PublishError::Contract(_)) => undecodable.push((row.id, e.to_string())),
+                Err(e) => failed.push((row.id, e.to_string())),
             }
         }
         if self.options.fault == Some(Fault::CrashAfterConfirm) && !sent.is_empty() {

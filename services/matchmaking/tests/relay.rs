@@ -552,6 +552,68 @@ async fn events_wait_in_the_outbox_while_the_queue_is_missing_and_go_out_once_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_breaks_the_contract_stays_pending_with_the_reason_and_blocks_nothing() {
+    let bus = Bus::new().await;
+    let db = TestDb::new("mm_").await;
+    let pool = pool(&db).await;
+    // Hand-written rows, as a bad migration or a manual fix might leave them.
+    let mut broken = NotificationEvent::new("u", EventType::System, "t", "b");
+    broken.title = String::new();
+    let garbage = Uuid::new_v4();
+    sqlx::query("INSERT INTO outbox (event_id, payload) VALUES ($1, $2), ($3, '{\"nope\": 1}')")
+        .bind(broken.id)
+        .bind(serde_json::to_value(&broken).unwrap())
+        .bind(garbage)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut service = Service::new(pool.clone());
+    let relay = start_relay(&mut service, bus.vhost.amqp_url(), fast_options());
+    let instance = Instance::start(&service).await;
+    let api = Api::new(&instance.base);
+    let id = api.create("alice", "bob", &[1], &[2]).await;
+    bus.wait_depth(1).await;
+    let got = bus.drain().await;
+    assert_eq!(
+        got[0].1.related_offer_id,
+        Some(id),
+        "the good event went out"
+    );
+
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT event_id, last_error FROM outbox WHERE sent_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        if rows.iter().all(|(_, e)| e.is_some()) {
+            assert_eq!(rows[0].0, broken.id);
+            assert!(rows[0].1.as_deref().unwrap().contains("title"), "{rows:?}");
+            assert!(
+                rows[1]
+                    .1
+                    .as_deref()
+                    .unwrap()
+                    .contains("not a notification event"),
+                "{rows:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reasons never recorded: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bus.depth().await, 0, "neither broken row was published");
+    relay.stop().await;
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_requests_with_503_and_the_relay_resumes_by_itself() {
     common::init_logs();
     let bus = Bus::new().await;
