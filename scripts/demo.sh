@@ -10,7 +10,7 @@
 #
 # Environment (all optional): DEMO_DURATION, DEMO_PROFILE (debug|release, default debug),
 # DEMO_NAMESPACE (swappo-demo), DEMO_MAX_CONSUMERS (4), DEMO_WORKERS (16), DEMO_PORT_BASE
-# (18080), DEMO_DRAIN_SECONDS (90), DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
+# (18080), DEMO_DRAIN_SECONDS (90), DEMO_STATE_DIR (logs), DEMO_SKIP_BUILD=1, DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
 # demo had to start (by default it stops what it started, and only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ case "$PROFILE" in
   *) die "DEMO_PROFILE must be debug or release, not $PROFILE" ;;
 esac
 NS="${DEMO_NAMESPACE:-swappo-demo}"
-STATE="$SWAPPO_STATE/demo"
+STATE="${DEMO_STATE_DIR:-$SWAPPO_STATE/demo}"
 KUBECTL="$SWAPPO_TESTBIN/kubectl"
 mkdir -p "$STATE"
 
@@ -68,8 +68,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "building swappo-operator, swappo-matchmaking, swappo-notifications, swappo-demo ($PROFILE)"
-cargo build "${profile_flag[@]}" -p swappo-operator -p swappo-matchmaking -p swappo-notifications -p swappo-demo --bins
+if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
+  log "DEMO_SKIP_BUILD=1: using the $PROFILE binaries as built"
+else
+  log "building swappo-operator, swappo-matchmaking, swappo-notifications, swappo-demo ($PROFILE)"
+  cargo build "${profile_flag[@]}" -p swappo-operator -p swappo-matchmaking -p swappo-notifications -p swappo-demo --bins
+fi
 BIN_DIR="$CARGO_TARGET_DIR/$PROFILE"
 
 bash scripts/testenv-deps.sh

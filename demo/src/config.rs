@@ -18,7 +18,7 @@ pub struct Config {
     pub drain_seconds: u64,
 
     /// Namespace of the demo's SwappoMessaging and Deployment.
-    #[arg(long, env = "DEMO_NAMESPACE", default_value = "swappo-demo")]
+    #[arg(long, env = "DEMO_NAMESPACE", default_value = "swappo-demo", value_parser = dns_label)]
     pub namespace: String,
 
     /// Name of the SwappoMessaging (its Secret is `<name>-rabbitmq`).
@@ -106,6 +106,21 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// A Kubernetes namespace name (RFC 1123 label); it also names the demo's databases.
+fn dns_label(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("must be lowercase letters, digits and '-', at most 63, not starting or ending with '-'".into())
+    }
+}
+
 /// `url` with its path replaced by `/<database>` (same server and login).
 pub fn database_url(admin: &str, database: &str) -> Result<String, NotAUrl> {
     let mut url = reqwest::Url::parse(admin).map_err(|_| NotAUrl("DATABASE_URL"))?;
@@ -148,6 +163,29 @@ mod tests {
             "postgres://u:p@127.0.0.1:5432/swappo_demo_x"
         );
         assert!(database_url("not a url", "x").is_err());
+    }
+
+    #[test]
+    fn a_namespace_that_is_not_a_dns_label_is_refused() {
+        use clap::Parser;
+        let base = [
+            "swappo-demo",
+            "--bin-dir=/b",
+            "--state-dir=/s",
+            "--kubeconfig=/k",
+        ];
+        let parse = |ns: &str| {
+            let mut args = base.to_vec();
+            args.extend(["--database-url=postgres://h/d", "--management-url=http://h"]);
+            let ns = format!("--namespace={ns}");
+            args.push(&ns);
+            Config::try_parse_from(args).map(|c| c.namespace)
+        };
+        assert_eq!(parse("demo-1").unwrap(), "demo-1");
+        for bad in ["Demo", "a;drop", "-a", ""] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--namespace"), "{e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@ use swappo_operator::crd::SwappoMessaging;
 /// The longest one source may take before it shows as `?` in this refresh.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Characters of one Event line in the view.
+const MAX_EVENT_LINE: usize = 100;
+
 /// Counts from the databases.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DbCounts {
@@ -173,11 +176,13 @@ pub fn operator_events(items: Vec<Event>, n: usize) -> Vec<String> {
                     )
                 })
                 .unwrap_or_default();
-            let note: String = e.note.unwrap_or_default().chars().take(90).collect();
             let line = format!(
-                "{hms} {} {what}: {note}",
-                e.reason.as_deref().unwrap_or("-")
+                "{hms} {} {what}: {}",
+                e.reason.as_deref().unwrap_or("-"),
+                e.note.unwrap_or_default()
             );
+            // One screen line each (the table is 80 columns wide).
+            let line: String = line.chars().take(MAX_EVENT_LINE).collect();
             (when, line)
         })
         .collect();

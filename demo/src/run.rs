@@ -24,9 +24,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Databases the demo owns and re-creates on every run.
-const MATCHMAKING_DB: &str = "swappo_demo_matchmaking";
-const NOTIFICATIONS_DB: &str = "swappo_demo_notifications";
+/// The databases the demo owns and re-creates on every run, named after its namespace
+/// (`swappo-demo` -> `swappo_demo_matchmaking`, `swappo_demo_notifications`).
+pub fn database_names(namespace: &str) -> [String; 2] {
+    let base = namespace.replace(['-', '.'], "_");
+    [
+        format!("{base}_matchmaking"),
+        format!("{base}_notifications"),
+    ]
+}
 /// Seconds a process may take to answer its readiness probe (first start runs migrations).
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// Seconds the operator may take to write the credentials Secret.
@@ -63,14 +69,15 @@ async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
 }
 
 /// Drops and creates the demo's databases: counts start at zero on every run.
-async fn fresh_databases(admin_url: &str) -> anyhow::Result<(String, String)> {
+async fn fresh_databases(admin_url: &str, namespace: &str) -> anyhow::Result<(String, String)> {
+    let [mm, nf] = database_names(namespace);
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(admin_url)
         .await
         .context("connecting to PostgreSQL (DATABASE_URL; make testenv-deps?)")?;
-    for db in [MATCHMAKING_DB, NOTIFICATIONS_DB] {
-        // The names are the constants above, not input.
+    for db in [&mm, &nf] {
+        // A namespace name (DNS label: letters, digits, '-') with '-' made '_': no quoting needed.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
         )))
@@ -84,8 +91,8 @@ async fn fresh_databases(admin_url: &str) -> anyhow::Result<(String, String)> {
     }
     admin.close().await;
     Ok((
-        config::database_url(admin_url, MATCHMAKING_DB)?,
-        config::database_url(admin_url, NOTIFICATIONS_DB)?,
+        config::database_url(admin_url, &mm)?,
+        config::database_url(admin_url, &nf)?,
     ))
 }
 
@@ -186,8 +193,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<bool> {
     let client = kube_client(&cfg.kubeconfig).await?;
     let management = Management::new(&cfg.management_url)?;
 
-    say("fresh databases swappo_demo_matchmaking and swappo_demo_notifications");
-    let (mm_url, nf_url) = fresh_databases(&cfg.database_url).await?;
+    let [mm, nf] = database_names(&cfg.namespace);
+    say(&format!("fresh databases {mm} and {nf}"));
+    let (mm_url, nf_url) = fresh_databases(&cfg.database_url, &cfg.namespace).await?;
     say(&format!(
         "fresh queue {q} and {q}.dlq on the local broker (vhost /)",
         q = cfg.queue
@@ -498,4 +506,21 @@ fn lazy_pool(url: &str) -> anyhow::Result<PgPool> {
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy(url)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_demo_namespace_gets_its_own_databases() {
+        assert_eq!(
+            database_names("swappo-demo"),
+            ["swappo_demo_matchmaking", "swappo_demo_notifications"]
+        );
+        assert_eq!(
+            database_names("swappo-demo-check")[0],
+            "swappo_demo_check_matchmaking"
+        );
+    }
 }
