@@ -5,7 +5,7 @@ mod common;
 
 use common::{Api, Instance, count, events_of, pool};
 use futures::future::join_all;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use reqwest::StatusCode;
@@ -15,7 +15,8 @@ use std::time::Duration;
 use swappo_matchmaking::Service;
 use swappo_matchmaking::relay::{Fault, RelayError, RelayOptions};
 use swappo_messaging::{
-    Backoff, BrokerConfig, EventType, NotificationEvent, PublisherOptions, QueueSpec, declare,
+    Backoff, BrokerConfig, Consumer, ConsumerOptions, EventType, NotificationEvent,
+    PublisherOptions, QueueKind, QueueSpec, declare,
 };
 use swappo_testkit::{OutageProxy, TestDb, TestVhost};
 use tokio::task::JoinHandle;
@@ -417,15 +418,35 @@ async fn a_relay_killed_between_confirm_and_mark_republishes_with_the_same_id_an
     let restarted = start_relay(&mut service, bus.vhost.amqp_url(), fast_options());
     bus.wait_depth(2).await;
     wait_until_sent(&pool).await;
-    let got = bus.drain().await;
-    assert_eq!(got.len(), 2);
+    // Look at both copies without taking them: the same event, with the same id.
+    let mut copies = Vec::new();
+    for _ in 0..2 {
+        let opts = BasicGetOptions { no_ack: false };
+        let m = bus
+            .channel
+            .basic_get(QUEUE.into(), opts)
+            .await
+            .unwrap()
+            .expect("a message");
+        copies.push(m);
+    }
+    let events: Vec<NotificationEvent> = copies
+        .iter()
+        .map(|m| NotificationEvent::from_json(&m.delivery.data).unwrap())
+        .collect();
     assert_eq!(
-        got[0].1, got[1].1,
+        events[0], events[1],
         "the same event, same id, went out twice"
     );
     assert_eq!(events_of(&pool, id).await.len(), 1, "one outbox row");
+    let requeue = BasicNackOptions {
+        multiple: true,
+        requeue: true,
+    };
+    copies[1].delivery.nack(requeue).await.unwrap();
+    bus.wait_depth(2).await;
 
-    // The notifications service's storage keeps it once.
+    // The notifications service's consumer (its batch handler over its storage) keeps one.
     let ndb = TestDb::new("mm_notif_").await;
     let storage = swappo_notifications::Storage::from_pool(
         sqlx::postgres::PgPoolOptions::new()
@@ -434,18 +455,40 @@ async fn a_relay_killed_between_confirm_and_mark_republishes_with_the_same_id_an
             .unwrap(),
     );
     storage.migrate().await.unwrap();
-    let events: Vec<NotificationEvent> = got.into_iter().map(|(_, e)| e).collect();
-    assert_eq!(storage.insert_events(&events[..1]).await.unwrap(), 1);
-    assert_eq!(
-        storage.insert_events(&events[1..]).await.unwrap(),
-        0,
-        "the redelivery is a duplicate"
+    let stop = CancellationToken::new();
+    let handler = swappo_notifications::store::StoreBatch::new(
+        storage.clone(),
+        std::sync::Arc::new(swappo_notifications::metrics::Metrics::new()),
+        stop.clone(),
     );
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
-        .fetch_one(storage.pool())
+    let consumer = Consumer::new(
+        BrokerConfig::from_url(bus.vhost.amqp_url().to_string()).unwrap(),
+        ConsumerOptions::new(QUEUE, QueueKind::Quorum),
+        handler,
+    );
+    let consumed = consumer.metrics();
+    let consuming = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while consumed.snapshot().acked < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not consumed: {:?}",
+            consumed.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(GUARD, consuming)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM notifications")
+        .fetch_all(storage.pool())
         .await
         .unwrap();
-    assert_eq!(stored, 1);
+    assert_eq!(stored, vec![events[0].id], "stored once");
+    assert_eq!(bus.depth().await, 0);
     restarted.stop().await;
     instance.stop().await;
 }
