@@ -31,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .merge(statistics::router())
         .merge(health::router())
         .fallback(not_found)
+        // One span per request (method, path, status, latency) at debug level.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(axum::middleware::map_response(move |resp: Response| {
             let metrics = metrics.clone();
             async move {
