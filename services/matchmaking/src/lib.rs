@@ -81,7 +81,8 @@ impl Service {
     }
 
     /// Creates this instance's outbox relay (woken by this instance's commits) and reports
-    /// its broker connection in `/ready`. Run it with [`Relay::run`].
+    /// its broker connection in `/ready`. Run it with [`Relay::run`]. Call it before
+    /// [`Service::router`]: a router already built keeps the state it was built with.
     pub fn relay(
         &mut self,
         broker: BrokerConfig,
