@@ -10,7 +10,8 @@
 #
 # Environment (all optional): DEMO_DURATION, DEMO_PROFILE (debug|release, default debug),
 # DEMO_NAMESPACE (swappo-demo), DEMO_MAX_CONSUMERS (4), DEMO_WORKERS (16), DEMO_PORT_BASE
-# (18080), DEMO_DRAIN_SECONDS (90), DEMO_STATE_DIR (logs), DEMO_SKIP_BUILD=1, DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
+# (18080), DEMO_DRAIN_SECONDS (90), DEMO_STATE_DIR (logs), DEMO_SKIP_BUILD=1, DEMO_OPERATOR_ARGS
+# (extra swappo-operator flags), DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
 # demo had to start (by default it stops what it started, and only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,7 +117,8 @@ k patch -n "$NS" sm swappo --type=json -p "[
   {\"op\": \"replace\", \"path\": \"/spec/consumers/0/messagesPerReplica\", \"value\": ${DEMO_MESSAGES_PER_REPLICA:-10}},
   {\"op\": \"replace\", \"path\": \"/spec/consumers/0/scaleDownDelaySeconds\", \"value\": ${DEMO_SCALE_DOWN_DELAY:-20}}]"
 # The consumer Deployment the operator scales. kwok plays its pods; swappo-demo runs one local
-# consumer per replica. Applying it again resets the replicas to 1 for a fresh run.
+# consumer per replica; every run starts from 1 replica (the scale below: a client-side apply
+# would leave the replicas an earlier run's scaling set).
 k apply -n "$NS" -f - <<'EOF'
 apiVersion: apps/v1
 kind: Deployment
@@ -140,6 +142,7 @@ spec:
             - name: RABBITMQ_PASSWORD
               valueFrom: { secretKeyRef: { name: swappo-rabbitmq, key: password } }
 EOF
+k scale -n "$NS" deployment/notifications-service --replicas=1 >/dev/null
 
 export DEMO_BIN_DIR="$BIN_DIR" DEMO_STATE_DIR="$STATE" DEMO_NAMESPACE="$NS"
 log "running swappo-demo (logs in $STATE)"

@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "DEMO_AMQP_ADDRESS", default_value = "127.0.0.1:5672")]
     pub amqp_address: String,
 
+    /// Extra flags for `swappo-operator`, space-separated (for example a development override
+    /// the operator gains later); never secrets, they show in `ps`.
+    #[arg(long, env = "DEMO_OPERATOR_ARGS", default_value = "")]
+    pub operator_args: String,
+
     /// Kubeconfig of the local control plane.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
@@ -102,6 +107,7 @@ impl std::fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("port_base", &self.port_base)
             .field("amqp_address", &self.amqp_address)
+            .field("operator_args", &self.operator_args)
             .finish_non_exhaustive()
     }
 }

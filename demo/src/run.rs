@@ -223,7 +223,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<bool> {
                 // Retry a broker that is not ready yet every 3 s, not 10: the demo creates
                 // the broker user only once the operator has written the Secret.
                 "--retry-seconds=3".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(cfg.operator_args.split_whitespace().map(String::from))
+            .collect(),
             env: vec![],
         },
         &cfg.state_dir,
