@@ -125,6 +125,19 @@ impl Observer {
             s.replicas = replicas;
             s.ready_replicas = ready;
         }
+        if let Some(c) = sm.as_ref().and_then(|sm| {
+            sm.spec
+                .consumers
+                .iter()
+                .find(|c| c.deployment == self.deployment)
+        }) {
+            s.policy = Some(crate::view::policy_text(
+                c.min_replicas,
+                c.max_replicas,
+                c.messages_per_replica,
+                c.scale_down_delay_seconds,
+            ));
+        }
         if let Some(status) = sm.and_then(|sm| sm.status) {
             s.conditions = status
                 .conditions

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub last_scale: Option<String>,
     /// Local consumer processes running.
     pub local_consumers: usize,
+    /// The consumer's scaling policy from the SwappoMessaging spec, in words.
+    pub policy: Option<String>,
     /// `type=status(reason)` of each condition.
     pub conditions: Vec<String>,
     /// The operator's most recent Events, newest last, one line each.
@@ -61,6 +63,13 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
 
 fn rate(v: Option<f64>) -> String {
     v.map_or_else(|| "?".to_string(), |r| format!("{r:.0}/s"))
+}
+
+/// A consumer's scaling policy in words.
+pub fn policy_text(min: i32, max: i32, per_replica: u32, down_after_secs: u32) -> String {
+    format!(
+        "{min}..{max} replicas, one per {per_replica} waiting messages, scale down after {down_after_secs} s"
+    )
 }
 
 impl Snapshot {
@@ -126,6 +135,11 @@ impl Snapshot {
             ),
         );
         let _ = writeln!(s, "{}", "-".repeat(78));
+        row(
+            &mut s,
+            "scaling policy (SwappoMessaging spec)",
+            self.policy.clone().unwrap_or_else(|| "?".into()),
+        );
         row(
             &mut s,
             "consumer replicas desired (operator)",
@@ -215,6 +229,7 @@ mod tests {
             ready_replicas: Some(9),
             local_consumers: 4,
             reason: Some("ScaledUp: depth 900".into()),
+            policy: Some(policy_text(1, 10, 100, 300)),
             events: vec!["ScaledUp notifications-service 1 -> 9".into()],
             ..Snapshot::default()
         };
@@ -228,6 +243,7 @@ mod tests {
             "9 / 9",
             "ScaledUp: depth 900",
             "1 -> 9",
+            "1..10 replicas, one per 100 waiting messages, scale down after 300 s",
         ] {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
