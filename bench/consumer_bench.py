@@ -227,7 +227,9 @@ def machine():
                 break
     with open("/proc/meminfo") as f:
         mem_gib = int(f.readline().split()[1]) / 1024 / 1024
-    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}"
+    load = open("/proc/loadavg").read().split()[0]
+    return (f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, {platform.system()} "
+            f"{platform.release()}, 1-min load average {load} at the end of the run")
 
 
 def versions():
