@@ -69,7 +69,7 @@ demo: ## Run the operator and both services locally under a load of trade offers
 	bash scripts/demo.sh
 
 .PHONY: demo-check
-demo-check: ## Unattended 20 s demo checked end to end: lost 0, nothing left running (tests/tests/demo_smoke.rs, about 1 min)
+demo-check: ## Unattended 35 s demo with a broker outage drill: lost 0, nothing left running (tests/tests/demo_smoke.rs, about 1 min)
 	cargo build -p swappo-operator -p swappo-matchmaking -p swappo-notifications -p swappo-demo --bins
 	cargo test -p swappo-e2e --test demo_smoke -- --ignored --nocapture
 

@@ -11,7 +11,8 @@
 # Environment (all optional): DEMO_DURATION, DEMO_PROFILE (debug|release, default debug),
 # DEMO_NAMESPACE (swappo-demo), DEMO_MAX_CONSUMERS (4), DEMO_WORKERS (16), DEMO_PORT_BASE
 # (18080), DEMO_DRAIN_SECONDS (90), DEMO_STATE_DIR (logs), DEMO_SKIP_BUILD=1, DEMO_OPERATOR_ARGS
-# (extra swappo-operator flags), DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
+# (extra swappo-operator flags), DEMO_OUTAGE (true: 30 s in, mid-burst, close the services'
+# broker connections; they reconnect and the account must still balance; false: no drill), DEMO_KEEP_ENV=1 keeps a broker/database/control plane the
 # demo had to start (by default it stops what it started, and only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -162,6 +162,45 @@ impl Management {
             })
     }
 
+    /// Closes every AMQP connection of `user` (a broker outage as its clients see it, without
+    /// touching anybody else's connections); returns how many were closed.
+    pub async fn close_connections_of(&self, user: &str) -> Result<usize, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct Conn {
+            name: String,
+            #[serde(default)]
+            user: String,
+        }
+        let Some(resp) = self
+            .send(
+                self.client.get(self.url("/api/connections")),
+                "connections",
+                false,
+            )
+            .await?
+        else {
+            return Ok(0);
+        };
+        let conns: Vec<Conn> = resp.json().await.map_err(|source| BrokerError::Http {
+            what: "connections",
+            source,
+        })?;
+        let mut closed = 0;
+        for c in conns.iter().filter(|c| c.user == user) {
+            let name = encode(&c.name);
+            self.send(
+                self.client
+                    .delete(self.url(&format!("/api/connections/{name}")))
+                    .header("X-Reason", "swappo demo: broker outage drill"),
+                "close connection",
+                true,
+            )
+            .await?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
     /// Deletes `queue` in vhost `/`; a missing queue is fine.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let q = encode(queue);

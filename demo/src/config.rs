@@ -17,6 +17,12 @@ pub struct Config {
     #[arg(long, env = "DEMO_DRAIN_SECONDS", default_value_t = 90)]
     pub drain_seconds: u64,
 
+    /// Outage drill: 30 s into the load (mid-burst), close every broker connection of the
+    /// services, as a broker restart would; they reconnect and the account must still balance.
+    /// On by default (`DEMO_OUTAGE=false` turns it off).
+    #[arg(long, env = "DEMO_OUTAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outage: bool,
+
     /// Namespace of the demo's SwappoMessaging and Deployment.
     #[arg(long, env = "DEMO_NAMESPACE", default_value = "swappo-demo", value_parser = dns_label)]
     pub namespace: String,
@@ -97,6 +103,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("duration", &self.duration)
+            .field("outage", &self.outage)
             .field("namespace", &self.namespace)
             .field("name", &self.name)
             .field("deployment", &self.deployment)

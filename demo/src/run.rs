@@ -409,6 +409,7 @@ async fn run_started(
     let mut lines = 0u64;
     // Load, then drain: the same refresh loop, the phase says which.
     let mut draining_since: Option<Instant> = None;
+    let mut drill: Option<String> = None;
     let drain = Duration::from_secs(cfg.drain_seconds);
     let outcome = loop {
         tokio::select! {
@@ -422,7 +423,21 @@ async fn run_started(
             load_stop.cancel();
             draining_since = Some(Instant::now());
         }
+        if cfg.outage
+            && drill.is_none()
+            && draining_since.is_none()
+            && start.elapsed() >= plan::OUTAGE_AT
+        {
+            drill = Some(match management.close_connections_of(&user).await {
+                Ok(n) => format!(
+                    "t={}s: closed {n} broker connections of the services; they reconnect, the outbox waits",
+                    start.elapsed().as_secs()
+                ),
+                Err(e) => format!("could not close connections: {e}"),
+            });
+        }
         let mut s = Snapshot {
+            drill: drill.clone(),
             elapsed: start.elapsed(),
             phase: if draining_since.is_some() {
                 "stopped, draining"
@@ -483,6 +498,9 @@ async fn run_started(
     };
     println!();
     println!("{totals}");
+    if let Some(d) = &drill {
+        println!("outage drill: {d}");
+    }
     if let Some(e) = counters.last_error.lock().ok().and_then(|e| e.clone()) {
         println!("last request error: {e}");
     }

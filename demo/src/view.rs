@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub last_scale: Option<String>,
     /// Local consumer processes running.
     pub local_consumers: usize,
+    /// What the outage drill did, if it ran.
+    pub drill: Option<String>,
     /// The consumer's scaling policy from the SwappoMessaging spec, in words.
     pub policy: Option<String>,
     /// `type=status(reason)` of each condition.
@@ -134,6 +136,9 @@ impl Snapshot {
                 self.read_back, self.request_errors
             ),
         );
+        if let Some(d) = &self.drill {
+            row(&mut s, "outage drill", d.clone());
+        }
         let _ = writeln!(s, "{}", "-".repeat(78));
         row(
             &mut s,

@@ -1,5 +1,6 @@
-//! `make demo-check`: the whole `make demo`, unattended for 20 s of load, in a namespace and
-//! on ports of its own, against the real local control plane, broker and database.
+//! `make demo-check`: the whole `make demo`, unattended for 35 s of load (its outage drill
+//! closes the services' broker connections at 30 s), in a namespace and on ports of its own,
+//! against the real local control plane, broker and database.
 //!
 //! Ignored in `make test` (it runs the operator, matchmaking and the consumers as processes
 //! for about a minute, and needs their binaries built first: `make demo-check` builds them,
@@ -36,7 +37,8 @@ fn summary_number(out: &str, label: &str) -> Option<i64> {
 
 #[test]
 fn summary_numbers_are_read_from_their_own_line() {
-    let out = "events published          3111   (outbox...)\nlost                         0   (x)\n";
+    let out =
+        "events published          3111   (outbox...)\nlost                         0   (x)\n";
     assert_eq!(summary_number(out, "events published"), Some(3111));
     assert_eq!(summary_number(out, "lost"), Some(0));
     assert_eq!(summary_number(out, "events stored"), None);
@@ -44,11 +46,13 @@ fn summary_numbers_are_read_from_their_own_line() {
 
 #[test]
 #[ignore = "runs the whole demo for about a minute with prebuilt binaries: make demo-check"]
-fn an_unattended_demo_stores_every_published_event_and_leaves_nothing_running() {
+fn an_unattended_demo_with_a_broker_outage_stores_every_published_event_and_leaves_nothing_running()
+{
     let state = std::env::temp_dir().join(format!("swappo-demo-check-{}", std::process::id()));
     let mut child = Command::new("bash")
         .arg(repo_root().join("scripts/demo.sh"))
-        .env("DEMO_DURATION", "20")
+        .env("DEMO_DURATION", "35")
+        .env("DEMO_OUTAGE", "true")
         .env("DEMO_SKIP_BUILD", "1")
         .env("DEMO_NAMESPACE", "swappo-demo-check")
         .env("DEMO_PORT_BASE", PORT_BASE.to_string())
@@ -94,6 +98,10 @@ fn an_unattended_demo_stores_every_published_event_and_leaves_nothing_running() 
         stored + summary_number(&out, "events dead-lettered").unwrap_or(0)
     );
     assert!(out.contains("result: OK"), "{out}");
+    assert!(
+        out.contains("outage drill: t=") && out.contains("closed"),
+        "the drill ran:\n{out}"
+    );
 
     // Nothing the demo started still runs: no live pid file, no port still answering.
     for entry in std::fs::read_dir(&state).expect("the state dir exists") {
