@@ -13,8 +13,8 @@ use swappo_operator::crd::SwappoMessaging;
 /// The longest one source may take before it shows as `?` in this refresh.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Characters of one Event line in the view.
-const MAX_EVENT_LINE: usize = 100;
+/// Characters of one Event line in the view: 4 of indent + 74 fit an 80-column terminal.
+const MAX_EVENT_LINE: usize = 74;
 
 /// Counts from the databases.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,7 +194,7 @@ pub fn operator_events(items: Vec<Event>, n: usize) -> Vec<String> {
                 e.reason.as_deref().unwrap_or("-"),
                 e.note.unwrap_or_default()
             );
-            // One screen line each (the table is 80 columns wide).
+            // One screen line each.
             let line: String = line.chars().take(MAX_EVENT_LINE).collect();
             (when, line)
         })

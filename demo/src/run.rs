@@ -430,7 +430,7 @@ async fn run_started(
         {
             drill = Some(match management.close_connections_of(&user).await {
                 Ok(n) => format!(
-                    "t={}s: closed {n} broker connections of the services; they reconnect, the outbox waits",
+                    "t={}s: closed {n} service connections to the broker",
                     start.elapsed().as_secs()
                 ),
                 Err(e) => format!("could not close connections: {e}"),

@@ -69,9 +69,7 @@ fn rate(v: Option<f64>) -> String {
 
 /// A consumer's scaling policy in words.
 pub fn policy_text(min: i32, max: i32, per_replica: u32, down_after_secs: u32) -> String {
-    format!(
-        "{min}..{max} replicas, one per {per_replica} waiting messages, scale down after {down_after_secs} s"
-    )
+    format!("{min}..{max} replicas, 1 per {per_replica} msgs, down after {down_after_secs} s")
 }
 
 impl Snapshot {
@@ -248,7 +246,7 @@ mod tests {
             "9 / 9",
             "ScaledUp: depth 900",
             "1 -> 9",
-            "1..10 replicas, one per 100 waiting messages, scale down after 300 s",
+            "1..10 replicas, 1 per 100 msgs, down after 300 s",
         ] {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
