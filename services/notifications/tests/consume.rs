@@ -304,6 +304,78 @@ async fn a_database_outage_mid_stream_loses_nothing_and_heals_by_itself() {
     stop(service, shutdown).await;
 }
 
+/// Grants (`true`) or revokes (`false`) the test user's permissions on the vhost: with them
+/// revoked, the broker refuses every reconnect, an outage for this vhost alone.
+async fn set_vhost_access(vhost: &TestVhost, allowed: bool) {
+    let mut url = reqwest::Url::parse(&swappo_testkit::management_url()).unwrap();
+    let (user, password) = (
+        url.username().to_string(),
+        url.password().unwrap_or("").to_string(),
+    );
+    url.set_username("").unwrap();
+    url.set_password(None).unwrap();
+    let enc = |s: &str| s.replace('/', "%2F");
+    let url = url
+        .join(&format!(
+            "/api/permissions/{}/{}",
+            enc(vhost.name()),
+            enc(&user)
+        ))
+        .unwrap();
+    let client = reqwest::Client::new();
+    let req = if allowed {
+        client
+            .put(url)
+            .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+    } else {
+        client.delete(url)
+    };
+    let resp = req.basic_auth(user, Some(password)).send().await.unwrap();
+    assert!(
+        resp.status().is_success(),
+        "permissions change: {}",
+        resp.status()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_makes_the_service_unready_until_it_reconnects_by_itself() {
+    let (vhost, db) = (
+        TestVhost::new("notif-mqdown-").await,
+        TestDb::new("notif_mqdown_").await,
+    );
+    let (service, shutdown) = start(config(db.url(), vhost.amqp_url())).await;
+    let addr = service.addr();
+    wait_ready(addr).await;
+    let storage = Storage::connect_lazy(db.url(), 2, Duration::from_secs(5)).unwrap();
+    let publisher = publisher(&vhost).await;
+    let all = events(200);
+    publish(&publisher, &all[..100]).await;
+    wait_for_rows(&storage, 100).await;
+
+    set_vhost_access(&vhost, false).await;
+    // The management API lists a connection only after its next statistics tick, so keep
+    // closing until the consumer's own connection was among those closed.
+    let (_, body) = eventually("/ready to report the broker down", || async {
+        vhost
+            .management()
+            .close_connections(vhost.name())
+            .await
+            .ok()?;
+        let r = ready(addr).await;
+        (r.0 == 503 && r.1["broker"] == "disconnected").then_some(r)
+    })
+    .await;
+    assert_eq!(body["database"], "up", "{body}");
+
+    set_vhost_access(&vhost, true).await;
+    wait_ready(addr).await;
+    publish(&publisher, &all[100..]).await;
+    wait_for_rows(&storage, 200).await;
+    publisher.close().await;
+    stop(service, shutdown).await;
+}
+
 /// The built binary, configured through the environment as in Kubernetes.
 fn spawn_binary(database_url: &str, amqp_url: &str, port: u16) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_swappo-notifications"))
