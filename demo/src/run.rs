@@ -237,16 +237,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<bool> {
         consumers: Supervisor::new(cfg.state_dir.clone(), |_| unreachable_spec()),
         broker_user: None,
     };
-    let result = run_started(
-        &cfg,
-        &client,
-        &management,
-        &mut started,
-        mm_url,
-        nf_url,
-        first_signal,
-        second_signal,
-    )
+    let result = async {
+        // Ctrl-C during start-up ends the run at once (nothing to drain yet).
+        let running = tokio::select! {
+            r = start_processes(&cfg, &client, &management, &mut started, mm_url, nf_url) => r?,
+            _ = first_signal.cancelled() => bail!("interrupted during start-up"),
+        };
+        drive(
+            &cfg,
+            &client,
+            &management,
+            &mut started,
+            running,
+            first_signal,
+            second_signal,
+        )
+        .await
+    }
     .await;
     started.stop(&management).await;
     let still = leftover_pids(&cfg.state_dir);
@@ -281,17 +288,23 @@ fn leftover_pids(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_started(
+/// What the load and the view need from start-up.
+struct Running {
+    observer: Observer,
+    user: String,
+    mm_api: String,
+    nf_api: String,
+}
+
+/// Credentials, broker user, consumers and matchmaking, each waited for until ready.
+async fn start_processes(
     cfg: &Config,
     client: &kube::Client,
     management: &Management,
     started: &mut Started,
     mm_url: String,
     nf_url: String,
-    first_signal: CancellationToken,
-    second_signal: CancellationToken,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Running> {
     let secret = format!("{}-rabbitmq", cfg.name);
     say(&format!(
         "waiting for the operator's Secret {}/{secret}",
@@ -380,7 +393,30 @@ async fn run_started(
     .await;
     started.matchmaking = Some(mm);
     ready?;
+    Ok(Running {
+        observer,
+        user,
+        mm_api,
+        nf_api,
+    })
+}
 
+/// The load and the live view, the drain and the account; `Ok(true)` when nothing was lost.
+async fn drive(
+    cfg: &Config,
+    client: &kube::Client,
+    management: &Management,
+    started: &mut Started,
+    running: Running,
+    first_signal: CancellationToken,
+    second_signal: CancellationToken,
+) -> anyhow::Result<bool> {
+    let Running {
+        observer,
+        user,
+        mm_api,
+        nf_api,
+    } = running;
     let counters = Arc::new(Counters::default());
     let load_stop = CancellationToken::new();
     let start = Instant::now();
