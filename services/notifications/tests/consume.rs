@@ -170,6 +170,14 @@ async fn published_events_become_one_row_each_even_when_published_again() {
         Some((1000, 1000)),
         "no second row for any event"
     );
+    assert_eq!(
+        metric(service.addr(), "notifications_stored_total").await,
+        Some(1000.0)
+    );
+    let consumed = metric(service.addr(), "notifications_consumed_total")
+        .await
+        .unwrap();
+    assert!(consumed >= 2000.0, "consumed {consumed}");
     let q = vhost
         .management()
         .queue(vhost.name(), QUEUE)
@@ -231,6 +239,12 @@ async fn a_body_that_breaks_the_contract_goes_to_the_dead_letter_queue_and_nothi
         (dlq.messages == 2).then_some(())
     })
     .await;
+    let addr = service.addr();
+    assert_eq!(
+        metric(addr, "notifications_dead_lettered_total").await,
+        Some(2.0)
+    );
+    assert_eq!(metric(addr, "notifications_stored_total").await, Some(10.0));
     publisher.close().await;
     conn.close(200, "done".into()).await.ok();
     stop(service, shutdown).await;
