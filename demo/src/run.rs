@@ -420,7 +420,7 @@ async fn drive(
     let counters = Arc::new(Counters::default());
     let load_stop = CancellationToken::new();
     let start = Instant::now();
-    let load = load::start(
+    let mut driver = Some(load::start(
         Targets {
             matchmaking: mm_api,
             notifications: nf_api,
@@ -430,7 +430,7 @@ async fn drive(
         counters.clone(),
         start,
         load_stop.clone(),
-    );
+    ));
     let tty = std::io::stdout().is_terminal();
     let title = format!("swappo demo ({}/{})", cfg.namespace, cfg.name);
     say(&format!(
@@ -457,6 +457,10 @@ async fn drive(
             first_signal.is_cancelled() || cfg.duration().is_some_and(|d| start.elapsed() >= d);
         if stop_load && draining_since.is_none() {
             load_stop.cancel();
+            // Offers in hand finish first, so the drain sees every outbox row there will be.
+            if let Some(d) = driver.take() {
+                d.wait().await;
+            }
             draining_since = Some(Instant::now());
         }
         if cfg.outage
@@ -521,7 +525,9 @@ async fn drive(
         }
         last = Some((Instant::now(), s));
     };
-    load.wait().await;
+    if let Some(d) = driver.take() {
+        d.wait().await;
+    }
     let totals = Totals {
         offers: counters.offers.load(Relaxed),
         outbox: outcome.outbox.unwrap_or(0),
