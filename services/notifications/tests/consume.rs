@@ -318,6 +318,58 @@ async fn a_database_outage_mid_stream_loses_nothing_and_heals_by_itself() {
     stop(service, shutdown).await;
 }
 
+/// Messages ready in the queue, exact (AMQP passive declare; the management API's counts
+/// trail by a statistics tick).
+async fn ready_in_queue(vhost: &TestVhost) -> u32 {
+    let conn = lapin::Connection::connect(vhost.amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(QUEUE.into(), options, Default::default())
+        .await
+        .unwrap();
+    conn.close(200, "counted".into()).await.ok();
+    q.message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_stream_acks_exactly_what_it_stored_and_leaves_the_rest_queued() {
+    let (vhost, db) = (
+        TestVhost::new("notif-term-").await,
+        TestDb::new("notif_term_").await,
+    );
+    let (service, shutdown) = start(config(db.url(), vhost.amqp_url())).await;
+    wait_ready(service.addr()).await;
+    let storage = Storage::connect_lazy(db.url(), 2, Duration::from_secs(5)).unwrap();
+    let publisher = publisher(&vhost).await;
+    // Publish while the service consumes; shut it down as soon as some rows are stored.
+    let all = events(5000);
+    let (first, rest) = all.split_at(600);
+    publish(&publisher, first).await;
+    eventually("the first rows", || async {
+        rows(&storage).await.filter(|(n, _)| *n > 0)
+    })
+    .await;
+    let stopping = tokio::spawn(stop(service, shutdown));
+    publish(&publisher, rest).await;
+    stopping.await.unwrap();
+
+    let (stored, _) = rows(&storage).await.unwrap();
+    let queued = ready_in_queue(&vhost).await;
+    assert!(stored < 5000, "stopped mid-stream ({stored} stored)");
+    assert_eq!(
+        stored + i64::from(queued),
+        5000,
+        "every event is either stored and acked, or still queued ({stored} + {queued})"
+    );
+    publisher.close().await;
+}
+
 /// Grants (`true`) or revokes (`false`) the test user's permissions on the vhost: with them
 /// revoked, the broker refuses every reconnect, an outage for this vhost alone.
 async fn set_vhost_access(vhost: &TestVhost, allowed: bool) {
