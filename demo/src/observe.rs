@@ -160,6 +160,36 @@ impl Observer {
     }
 }
 
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+pub fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (metric, value) = l.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .map(|v| v as u64)
+}
+
+/// Sum of the `notifications_duplicates_total` of the consumers at `urls` (`http://host:port`):
+/// redelivered events whose row already existed. Counters live in each process, so a consumer
+/// that stopped takes its count with it.
+pub async fn duplicates(http: &reqwest::Client, urls: &[String]) -> Option<u64> {
+    let mut total = 0;
+    for url in urls {
+        let text = within(async {
+            http.get(format!("{url}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        })
+        .await?;
+        total += sample(&text, "notifications_duplicates_total").unwrap_or(0);
+    }
+    Some(total)
+}
+
 /// The operator's `n` latest Events as `HH:MM:SS Reason kind/name: note`, oldest first.
 pub fn operator_events(items: Vec<Event>, n: usize) -> Vec<String> {
     let mut ours: Vec<(String, String)> = items
@@ -202,4 +232,64 @@ pub fn operator_events(items: Vec<Event>, n: usize) -> Vec<String> {
     ours.sort();
     let skip = ours.len().saturating_sub(n);
     ours.into_iter().skip(skip).map(|(_, l)| l).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn event(controller: &str, at: &str, reason: &str, note: &str) -> Event {
+        Event {
+            reporting_controller: Some(controller.into()),
+            event_time: Some(MicroTime(at.parse().unwrap())),
+            reason: Some(reason.into()),
+            note: Some(note.into()),
+            regarding: Some(ObjectReference {
+                kind: Some("SwappoMessaging".into()),
+                name: Some("swappo".into()),
+                ..ObjectReference::default()
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn only_the_operators_latest_events_are_shown_oldest_first_one_line_each() {
+        let ours = swappo_operator::builders::MANAGER;
+        let lines = operator_events(
+            vec![
+                event(ours, "2026-11-27T07:00:03Z", "ScaledUp", "1 -> 3"),
+                event(
+                    "deployment-controller",
+                    "2026-11-27T07:00:04Z",
+                    "ScalingReplicaSet",
+                    "x",
+                ),
+                event(ours, "2026-11-27T07:00:01Z", "Created", "created Service"),
+                event(
+                    ours,
+                    "2026-11-27T07:00:02Z",
+                    "BrokerReady",
+                    &"long ".repeat(40),
+                ),
+            ],
+            2,
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("07:00:02 BrokerReady SwappoMessaging/swappo: long"));
+        assert!(lines[0].chars().count() <= MAX_EVENT_LINE);
+        assert_eq!(lines[1], "07:00:03 ScaledUp SwappoMessaging/swappo: 1 -> 3");
+    }
+
+    #[test]
+    fn a_sample_is_read_by_its_exact_name() {
+        let text = "# HELP notifications_duplicates Events skipped\n\
+                    # TYPE notifications_duplicates counter\n\
+                    notifications_duplicates_total 7\n\
+                    notifications_duplicates_total_other 9\n";
+        assert_eq!(sample(text, "notifications_duplicates_total"), Some(7));
+        assert_eq!(sample(text, "notifications_stored_total"), None);
+    }
 }

@@ -5,7 +5,7 @@
 use crate::broker::Management;
 use crate::config::{self, Config};
 use crate::load::{self, Counters, Targets};
-use crate::observe::Observer;
+use crate::observe::{self, Observer};
 use crate::plan;
 use crate::procs::{Proc, Spec};
 use crate::summary::Totals;
@@ -418,6 +418,9 @@ async fn drive(
         nf_api,
     } = running;
     let counters = Arc::new(Counters::default());
+    let metrics_http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let load_stop = CancellationToken::new();
     let start = Instant::now();
     let mut driver = Some(load::start(
@@ -491,6 +494,10 @@ async fn drive(
             ..Snapshot::default()
         };
         observer.fill(&mut s).await;
+        let consumer_urls: Vec<String> = (0..started.consumers.count())
+            .map(|i| format!("http://{}", cfg.addr(10 + i as u16)))
+            .collect();
+        s.duplicates = observe::duplicates(&metrics_http, &consumer_urls).await;
         let target = supervise::wanted(s.replicas, started.consumers.count(), cfg.max_consumers);
         if let Err(e) = started.consumers.converge(target).await {
             say(&format!("could not start a consumer: {e}"));
@@ -542,6 +549,9 @@ async fn drive(
     println!("{totals}");
     if let Some(d) = &drill {
         println!("outage drill: {d}");
+    }
+    if let Some(n) = outcome.duplicates {
+        println!("redelivered events skipped as already stored (running consumers): {n}");
     }
     if let Some(e) = counters.last_error.lock().ok().and_then(|e| e.clone()) {
         println!("last request error: {e}");

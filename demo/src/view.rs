@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub queue_consumers: Option<u64>,
     /// Messages in the dead-letter queue.
     pub dead_lettered: Option<u64>,
+    /// Redelivered events the running consumers skipped because their row existed.
+    pub duplicates: Option<u64>,
     /// Outbox rows written.
     pub outbox: Option<u64>,
     /// Outbox rows confirmed by the broker.
@@ -118,6 +120,11 @@ impl Snapshot {
             format!("{}  {}", opt(&self.stored), rate(self.stored_rate)),
         );
         row(&mut s, "events dead-lettered", opt(&self.dead_lettered));
+        row(
+            &mut s,
+            "redeliveries skipped (already stored)",
+            opt(&self.duplicates),
+        );
         row(
             &mut s,
             "outbox pending",
