@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Gathers the per-benchmark result files (bench/results/<name>.md, written by each benchmark)
-into one dated table: the machine, the versions, and every figure with its ratio against its
-baseline. It reads the benchmarks' own markdown tables and never re-runs or re-computes them:
+into one dated table: the machine, the versions, and every figure with its ratios against its
+baselines, one row per measured case. It reads the benchmarks' own markdown tables and never re-runs or re-computes them:
 a column whose header starts with "vs " is a ratio against the baseline it names; the first
 column whose header names a rate or a time ("/s", "seconds", "ms", "MiB") is the figure.
 
@@ -110,7 +110,9 @@ def tables(text):
 
 def date_of(text, path):
     """The date the file states (`- Date: ...` or a `| date | ... |` row), else its mtime."""
-    m = re.search(r"^- Date: (.+)$", text, re.M) or re.search(r"^\| *date *\| *([^|]+)\|", text, re.M | re.I)
+    m = (re.search(r"^- Date: (.+)$", text, re.M)
+         or re.search(r"^\| *date *\| *([^|]+)\|", text, re.M | re.I)
+         or re.search(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}(?::\d{2})? UTC)", text))
     if m:
         return m.group(1).strip()
     mtime = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
@@ -118,8 +120,10 @@ def date_of(text, path):
 
 
 def summarize(name, text):
-    """Rows (benchmark, case, figure, ratio, baseline) from one result file."""
+    """(benchmark, rows) of one result file; a row is (case, figure, ratios), where ratios is
+    "6.7x vs seed; 0.62x vs PerfTest" or "reference" for a row that is itself a baseline."""
     title = next((l[2:].strip() for l in text.splitlines() if l.startswith("# ")), name)
+    bench = title.split(":")[0].strip()
     rows = []
     for table in tables(text):
         header, body = table[0], table[1:]
@@ -127,18 +131,16 @@ def summarize(name, text):
         fig_col = next((i for i, h in enumerate(header) if FIGURE.search(h)), None)
         if fig_col is None or not body:
             continue  # a settings table, not results
-        label_cols = [i for i in range(len(header)) if i < fig_col]
         for r in body:
             if len(r) < len(header):
                 continue
-            case = " / ".join(r[i] for i in label_cols if r[i]) or "-"
+            case = " / ".join(r[i] for i in range(fig_col) if r[i]) or "-"
             figure = f"{r[fig_col]} {header[fig_col]}"
-            if ratio_cols:
-                for i in ratio_cols:
-                    rows.append((title, case, figure, r[i], header[i][3:].strip()))
-            else:
-                rows.append((title, case, figure, "-", "(no baseline in this table)"))
-    return title, rows
+            ratios = "; ".join(f"{r[i]} {header[i]}" for i in ratio_cols if r[i])
+            if not ratio_cols:
+                ratios = "(no baseline in this table)"
+            rows.append((case, figure, ratios or "reference"))
+    return bench, rows
 
 
 def main():
@@ -183,23 +185,23 @@ def main():
     lines += [
         "## Figures and ratios against their baselines",
         "",
-        "| benchmark | case | figure | ratio | baseline | measured |",
-        "|---|---|---:|---:|---|---|",
+        "| benchmark | case | figure | ratio against each baseline | measured |",
+        "|---|---|---:|---|---|",
     ]
     details = []
     for f in files:
         path = os.path.join(a.results, f)
         text = open(path).read()
-        title, rows = summarize(f, text)
+        bench, rows = summarize(f, text)
         when = date_of(text, path)
         if not rows:
-            lines.append(f"| {title} | (no result table found) | | | | {when} |")
-        for bench, case, figure, ratio, baseline in rows:
-            lines.append(f"| {bench} | {case} | {figure} | {ratio} | {baseline} | {when} |")
+            lines.append(f"| {bench} | (no result table found) | | | {when} |")
+        for case, figure, ratios in rows:
+            lines.append(f"| {bench} | {case} | {figure} | {ratios} | {when} |")
         demoted = re.sub(r"(?m)^(#+) ", r"#\1 ", text.strip())
         details += ["", f"<!-- from {f} -->", demoted, ""]
     if not files:
-        lines.append("| (no result files yet: run `make bench`) | | | | | |")
+        lines.append("| (no result files yet: run `make bench`) | | | | |")
     lines += ["", "## Each benchmark's own report", ""] + details
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as out:
