@@ -64,6 +64,10 @@ test: testenv-deps cluster-up ## Run every test (unit and integration) against t
 bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the seed consumer -> bench/results/consumer.md
 	bash bench/consumer.sh
 
+.PHONY: bench-publisher
+bench-publisher: testenv-deps ## Publisher benchmark: swappo-messaging vs the seed publisher and RabbitMQ PerfTest -> bench/results/publisher.md
+	bash bench/publisher.sh
+
 .PHONY: demo
 demo: ## Run the operator and both services locally under a load of trade offers, with a live view (DEMO_DURATION=60 for unattended)
 	bash scripts/demo.sh

@@ -15,7 +15,7 @@ use crate::connection::{self, ConnectError};
 use crate::{BrokerConfig, ContractError, MessagingMetrics, NotificationEvent};
 use futures::FutureExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,10 +130,14 @@ struct Request {
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
 
+/// Resolves when the broker confirmed (or refused) one message.
+type ConfirmFuture = std::pin::Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
+
 /// A written, unconfirmed message.
 struct InFlight {
     id: String,
-    confirm: PublisherConfirm,
+    /// Write, then broker confirm, of this message.
+    confirm: ConfirmFuture,
     deadline: Instant,
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
@@ -457,7 +461,7 @@ impl Task {
                     }
                 };
                 let front_confirm = std::future::poll_fn(|cx| match inflight.front_mut() {
-                    Some(f) => std::pin::Pin::new(&mut f.confirm).poll(cx),
+                    Some(f) => f.confirm.as_mut().poll(cx),
                     None => std::task::Poll::Pending,
                 });
                 tokio::select! {
@@ -529,18 +533,30 @@ impl Task {
             mandatory: true,
             immediate: false,
         };
-        let written = channel
-            .basic_publish(
-                self.options.exchange.as_str().into(),
-                self.options.routing_key.as_str().into(),
-                options,
-                &r.body,
-                r.properties.clone(),
-            )
-            .await;
-        match written {
-            Ok(confirm) => {
+        let (ch, body, props) = (channel.clone(), r.body.clone(), r.properties.clone());
+        let (exchange, routing_key) = (
+            self.options.exchange.clone(),
+            self.options.routing_key.clone(),
+        );
+        let mut confirm: ConfirmFuture = Box::pin(async move {
+            ch.basic_publish(exchange.into(), routing_key.into(), options, &body, props)
+                .await?
+                .await
+        });
+        // Poll once now: that takes the delivery tag and queues the frames, in this order.
+        // The write itself completes in lapin's I/O loop while the next messages queue up,
+        // so the socket gets many messages per write instead of one write per message.
+        match futures::poll!(confirm.as_mut()) {
+            std::task::Poll::Ready(Err(e)) if !channel.status().connected() => {
+                // Refused before anything was written: safe to send on the next connection.
+                self.pending.push_front(r);
+                Err(e)
+            }
+            polled => {
                 MessagingMetrics::add(&self.metrics.published, 1);
+                if let std::task::Poll::Ready(result) = polled {
+                    confirm = Box::pin(std::future::ready(result));
+                }
                 inflight.push_back(InFlight {
                     id: r.id,
                     confirm,
@@ -549,18 +565,13 @@ impl Task {
                 });
                 Ok(())
             }
-            Err(e) => {
-                // Not written: safe to send again on the next connection.
-                self.pending.push_front(r);
-                Err(e)
-            }
         }
     }
 
     /// Settles the confirms that already resolved, in order, before the rest are failed.
     fn drain_resolved(&self, inflight: &mut VecDeque<InFlight>, returned: &mut HashSet<String>) {
         while let Some(front) = inflight.front_mut() {
-            let Some(first) = (&mut front.confirm).now_or_never() else {
+            let Some(first) = front.confirm.as_mut().now_or_never() else {
                 break;
             };
             let front = inflight.pop_front().expect("front exists");
@@ -614,7 +625,7 @@ fn settle_group(
 ) -> Vec<(InFlight, lapin::Result<Confirmation>)> {
     let mut group = vec![(front, first)];
     while let Some(next) = inflight.front_mut() {
-        let Some(result) = (&mut next.confirm).now_or_never() else {
+        let Some(result) = next.confirm.as_mut().now_or_never() else {
             break;
         };
         group.push((inflight.pop_front().expect("front exists"), result));
