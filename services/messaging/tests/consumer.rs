@@ -435,6 +435,55 @@ async fn a_consumer_resumes_by_itself_after_its_connections_are_closed() {
     assert_eq!(store.ids(), all);
 }
 
+/// Fails its first `failures` calls (a database outage), then stores everything.
+#[derive(Clone)]
+struct Flaky {
+    store: Store,
+    failures_left: Arc<Mutex<usize>>,
+}
+
+impl BatchHandler for Flaky {
+    async fn handle(&self, batch: Vec<NotificationEvent>) -> BatchOutcome {
+        {
+            let mut left = self.failures_left.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return BatchOutcome::Retry("database unavailable".into());
+            }
+        }
+        self.store.handle(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_failure_requeues_the_batch_with_backoff_and_it_is_stored_later_without_dead_letters()
+ {
+    let spec = QueueSpec::quorum("outage").with_max_deliveries(5);
+    let (v, p) = setup(&spec).await;
+    let events: Vec<_> = (0..50).map(event).collect();
+    assert!(p.publish_all(&events).await.iter().all(|r| r.is_ok()));
+
+    // The batch call and the one-at-a-time retry's first three calls fail: the consumer
+    // gives up isolating (an outage, not a poison message) and returns the batch.
+    let flaky = Flaky {
+        store: Store::default(),
+        failures_left: Arc::new(Mutex::new(4)),
+    };
+    let consumer = Consumer::new(config(&v), options(&spec), flaky.clone());
+    let metrics = consumer.metrics();
+    let (token, task) = spawn(consumer);
+    until("all stored after the outage", || flaky.store.count() >= 50).await;
+    wait_queue(&v, "outage", "empty", |q| q.messages == 0).await;
+    stop(token, task).await;
+
+    assert_eq!(flaky.store.ids(), events.iter().map(|e| e.id).collect());
+    assert_eq!(*flaky.failures_left.lock().unwrap(), 0);
+    let m = metrics.snapshot();
+    assert!(m.requeued >= 1, "{m:?}");
+    assert_eq!((m.acked, m.dead_lettered), (50, 0));
+    assert_eq!(queue(&v, "outage.dlq").await.messages, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_options_stop_the_consumer_with_an_error() {
     let v = vhost().await;
