@@ -15,6 +15,11 @@
 //!    queue with `x-swappo-deliveries` incremented, confirmed, then ack the original, and
 //!    dead-letter it once `max_deliveries` is reached.
 //!
+//! Classic-queue counting covers handler failures only: a delivery cut short by a crash or a
+//! lost connection goes back unmarked (the broker's `redelivered` flag carries no count), so a
+//! message that crashes the process itself is only caught by a quorum queue's broker-side
+//! limit. Quorum queues are the default for that reason.
+//!
 //! Broker loss: the batch in hand is not acked (the broker redelivers it; the handler must
 //! be idempotent on `id`), and the consumer reconnects with backoff. Shutdown: stop the
 //! subscription, finish and ack the batch in hand, close the channel (prefetched,

@@ -7,6 +7,36 @@
 //! - [`publisher`]: [`Publisher`], confirmed publishing with a window of messages in flight.
 //! - [`consumer`]: [`Consumer`], batches with one multiple-ack each, retries, dead-lettering.
 //! - [`metrics`]: counters shared by publisher and consumer.
+//!
+//! ```no_run
+//! use swappo_messaging::*;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Store;
+//! impl BatchHandler for Store {
+//!     async fn handle(&self, batch: Vec<NotificationEvent>) -> BatchOutcome {
+//!         // INSERT ... ON CONFLICT (id) DO NOTHING, one transaction for the batch.
+//!         BatchOutcome::Done
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = BrokerConfig::from_env()?; // RABBITMQ_URL or RABBITMQ_HOST/PORT/USER/PASSWORD
+//! let spec = QueueSpec::quorum("notifications_queue").with_max_deliveries(5);
+//! let conn = lapin::Connection::connect_uri(config.uri().clone(), Default::default()).await?;
+//! declare_with(&conn, &spec).await?;
+//!
+//! let publisher = Publisher::connect(config.clone(), PublisherOptions::for_queue(&spec.name)).await?;
+//! let event = NotificationEvent::new("user456", EventType::TradeOfferAccepted,
+//!     "Trade Offer Accepted!", "Your trade offer has been accepted.").with_related_offer(42);
+//! publisher.publish(&event).await?; // Ok only once the broker confirmed it
+//!
+//! let consumer = Consumer::new(config, ConsumerOptions::new(&spec.name, spec.kind), Store);
+//! let ready = consumer.health(); // for /ready
+//! let shutdown = CancellationToken::new();
+//! consumer.run(shutdown.clone()).await?; // until shutdown.cancel()
+//! # let _ = ready; Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
