@@ -309,3 +309,40 @@ async fn after_close_a_publish_fails_with_closed() {
     ));
     assert!(!other.is_connected());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_the_broker_refuses_is_reported_nacked_never_confirmed() {
+    // A full queue with `x-overflow: reject-publish` makes the broker nack new messages.
+    let v = vhost().await;
+    let ch = connect(&v).await.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(1),
+    );
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare(
+        "full".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    let p = Publisher::connect(config(&v), PublisherOptions::for_queue("full"))
+        .await
+        .unwrap();
+    p.publish(&event(1)).await.unwrap();
+    let results = p.publish_all(&[event(2), event(3)]).await;
+    for r in results {
+        assert!(matches!(r, Err(PublishError::Nacked)), "{r:?}");
+    }
+    let s = p.metrics().snapshot();
+    assert_eq!((s.confirmed, s.publish_failed), (1, 2));
+    assert_eq!(queue_ready(&v, "full").await, 1);
+}
