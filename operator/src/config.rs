@@ -57,6 +57,18 @@ pub struct Config {
     #[arg(long, env = "SWAPPO_AMQP_TIMEOUT_SECONDS", default_value_t = 5)]
     pub amqp_timeout_seconds: u64,
 
+    /// Dial this management API `host:port` instead of the derived one (development only;
+    /// default: the broker override's host with port 15672, else the broker endpoint).
+    #[arg(long, env = "SWAPPO_MANAGEMENT_ADDRESS_OVERRIDE")]
+    pub management_address_override: Option<String>,
+
+    /// Seconds between autoscaler polls of queue depth. 2 s: the management API refreshes
+    /// its queue counts every 5 s (collect_statistics_interval), so a 2 s poll sees a new
+    /// backlog within ~2 s of the broker reporting it (scale-up well under the 5 s target)
+    /// while costing one HTTP GET per queue per poll.
+    #[arg(long, env = "SWAPPO_AUTOSCALE_INTERVAL_SECONDS", default_value_t = 2)]
+    pub autoscale_interval_seconds: u64,
+
     /// Seconds between checks of a ready broker (a broker going down shows within this).
     #[arg(long, env = "SWAPPO_RECHECK_SECONDS", default_value_t = 60)]
     pub recheck_seconds: u64,

@@ -16,8 +16,10 @@ pub mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod queues;
 pub mod reconcile;
 pub mod replicasets;
+pub mod scaler;
 pub mod status;
 pub mod telemetry;
 
@@ -65,6 +67,8 @@ pub fn settings(config: &Config, identity: &str) -> Result<Settings> {
         retry: Duration::from_secs(config.retry_seconds.max(1)),
         instance: identity.to_owned(),
         concurrency: config.max_concurrent_reconciles,
+        management_override: config.management_address_override.clone(),
+        autoscale_interval: Duration::from_secs(config.autoscale_interval_seconds.max(1)),
     })
 }
 

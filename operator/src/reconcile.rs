@@ -46,6 +46,10 @@ pub struct Settings {
     pub instance: String,
     /// Reconciles run at once (0: unbounded).
     pub concurrency: u16,
+    /// Management API `host:port` instead of the derived one (development only).
+    pub management_override: Option<String>,
+    /// Autoscaler poll interval.
+    pub autoscale_interval: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +61,8 @@ impl Default for Settings {
             retry: Duration::from_secs(10),
             instance: "swappo-operator".into(),
             concurrency: 16,
+            management_override: None,
+            autoscale_interval: Duration::from_secs(2),
         }
     }
 }
@@ -412,7 +418,17 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     // Whole seconds: the API keeps conditions' times at second precision.
     let now =
         Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
-    let status = desired_status(sm, &observed, &now);
+    let queues_broker = match (&creds, &observed.amqp) {
+        (Some(creds), Some(AmqpCheck::Ok)) => Some(crate::queues::Broker {
+            amqp: target.clone(),
+            management: String::new(),
+            credentials: creds.clone(),
+            timeout: ctx.settings.amqp_timeout,
+        }),
+        _ => None,
+    };
+    let with_queues = crate::queues::with_queues_declared(sm, queues_broker.as_ref(), &now).await;
+    let status = desired_status(&with_queues, &observed, &now);
     if sm.status.as_ref() != Some(&status) {
         let api: Api<SwappoMessaging> = Api::namespaced(client, &ns);
         let patch = serde_json::json!({ "status": status });
@@ -460,8 +476,9 @@ pub async fn run_controller(
         }
     }
     let client = &ctx.client;
+    let scaler = crate::scaler::run(ctx.clone(), namespace.map(str::to_owned), shutdown.clone());
     let owned = watcher::Config::default().labels(&managed_by_selector());
-    Controller::new(
+    let controller = Controller::new(
         api::<SwappoMessaging>(client, namespace),
         watcher::Config::default(),
     )
@@ -478,8 +495,8 @@ pub async fn run_controller(
             Ok((obj, _)) => debug!(object = %obj, "reconciled"),
             Err(e) => debug!(error = %e, "reconcile did not complete"),
         }
-    })
-    .await;
+    });
+    tokio::join!(controller, scaler);
     info!("controller stopped");
 }
 

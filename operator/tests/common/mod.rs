@@ -115,6 +115,7 @@ pub fn local_broker_settings() -> Settings {
         retry: Duration::from_secs(2),
         instance: "operator-tests".into(),
         concurrency: 4,
+        ..Settings::default()
     }
 }
 

@@ -1,0 +1,356 @@
+//! The consumer autoscaler loop (DESIGN §7): every poll interval, for each `SwappoMessaging`
+//! whose broker is ready, read each queue's numbers (management API; AMQP passive declare as
+//! the fallback), decide each consumer's replicas with [`crate::autoscale::decide`], apply a
+//! change through the Deployment's `scale` subresource, and write `status.queues`,
+//! `status.consumers`, `depth`, `consumerReplicas` and `ConsumersScaled` only when they changed.
+use crate::autoscale::{self, DepthSource, History, Policy, QueueMetrics};
+use crate::builders::Names;
+use crate::builders::secret::{Credentials, Endpoint, key, secret_value};
+use crate::crd::{ConsumerStatus, QueueStatus, SwappoMessaging};
+use crate::queues::{self, Broker, condition, set_condition};
+use crate::reconcile::Context;
+use crate::status::{Verdict, condition as base_condition};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Per-consumer recommendation histories, keyed by (namespace, resource, Deployment).
+type Histories = HashMap<(String, String, String), History>;
+
+/// Runs the loop until `shutdown`, watching `namespace` (or all).
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let api: Api<SwappoMessaging> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let http = reqwest::Client::new();
+    let origin = Instant::now();
+    let mut histories = Histories::new();
+    let mut tick = tokio::time::interval(ctx.settings.autoscale_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(e) => {
+                debug!(error = %e, "autoscaler: cannot list SwappoMessaging");
+                continue;
+            }
+        };
+        for sm in list.items {
+            if sm.spec.queues.is_empty() && sm.spec.consumers.is_empty() {
+                continue;
+            }
+            let broker_ready = sm
+                .condition(base_condition::BROKER_READY)
+                .is_some_and(|c| c.status == "True");
+            if !broker_ready || sm.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let now = origin.elapsed();
+            if let Err(e) = scale_one(&ctx, &http, &sm, &mut histories, now).await {
+                debug!(name = %sm.name_any(), error = %e, "autoscaler pass incomplete");
+            }
+        }
+    }
+    info!("autoscaler stopped");
+}
+
+/// The broker login of `sm` from the operator's Secret, or `None` when it has none yet.
+async fn broker_of(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Option<Broker> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets.get_opt(&Names::of(sm).secret).await.ok()??;
+    let credentials = Credentials {
+        username: secret_value(&secret, key::USERNAME)?,
+        password: secret_value(&secret, key::PASSWORD)?,
+        erlang_cookie: None,
+    };
+    let endpoint = Endpoint::of(sm);
+    let s = &ctx.settings;
+    let amqp = s.broker_override.clone().unwrap_or(crate::amqp::Target {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        tls: endpoint.tls,
+    });
+    Some(Broker {
+        management: queues::management_address(
+            s.management_override.as_deref(),
+            s.broker_override.as_ref(),
+            &endpoint,
+        ),
+        amqp,
+        credentials,
+        timeout: s.amqp_timeout,
+    })
+}
+
+/// Each queue's metrics (when any source answered) and status.
+async fn observe_queues(
+    http: &reqwest::Client,
+    broker: &Broker,
+    sm: &SwappoMessaging,
+) -> (HashMap<String, QueueMetrics>, Vec<QueueStatus>) {
+    let mut metrics = HashMap::new();
+    let mut statuses = Vec::new();
+    let mut amqp = None;
+    for q in &sm.spec.queues {
+        match queues::management_queue(http, broker, &q.name).await {
+            Ok(status) => {
+                metrics.insert(
+                    q.name.clone(),
+                    QueueMetrics {
+                        depth: status.ready + status.unacked,
+                        publish_rate: Some(status.publish_rate),
+                        per_replica_rate: None,
+                        source: DepthSource::Management,
+                    },
+                );
+                statuses.push(status);
+            }
+            Err(e) => {
+                debug!(queue = %q.name, error = %e, "management API failed; AMQP passive declare");
+                if amqp.is_none() {
+                    amqp = Some(queues::connect(broker, "swappo-operator autoscaler").await);
+                }
+                if let Some(Ok(conn)) = &amqp
+                    && let Ok(ready) = queues::passive_depth(conn, &q.name).await
+                {
+                    metrics.insert(
+                        q.name.clone(),
+                        QueueMetrics {
+                            depth: ready,
+                            publish_rate: None,
+                            per_replica_rate: None,
+                            source: DepthSource::AmqpPassive,
+                        },
+                    );
+                    statuses.push(QueueStatus {
+                        name: q.name.clone(),
+                        ready,
+                        ..QueueStatus::default()
+                    });
+                }
+            }
+        }
+    }
+    if let Some(Ok(conn)) = amqp {
+        let _ = conn.close(200, "checked".into()).await;
+    }
+    (metrics, statuses)
+}
+
+/// The policy of a `spec.consumers` entry.
+pub fn policy(c: &crate::crd::ConsumerSpec) -> Policy {
+    Policy {
+        min_replicas: c.min_replicas,
+        max_replicas: c.max_replicas,
+        messages_per_replica: c.messages_per_replica,
+        drain_within: c
+            .drain_within_seconds
+            .map(|s| Duration::from_secs(s.into())),
+        scale_down_delay: Duration::from_secs(c.scale_down_delay_seconds.into()),
+    }
+}
+
+/// One pass over one resource.
+async fn scale_one(
+    ctx: &Context,
+    http: &reqwest::Client,
+    sm: &SwappoMessaging,
+    histories: &mut Histories,
+    now: Duration,
+) -> Result<(), String> {
+    let ns = sm.namespace().unwrap_or_default();
+    let Some(broker) = broker_of(ctx, sm, &ns).await else {
+        return Err("no credentials Secret yet".into());
+    };
+    let (mut metrics, queue_statuses) = observe_queues(http, &broker, sm).await;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = sm.status.clone().unwrap_or_default();
+    let stamp =
+        Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let mut consumers = Vec::new();
+    let mut missing = Vec::new();
+    let mut failed = Vec::new();
+    for c in &sm.spec.consumers {
+        let key = (ns.clone(), sm.name_any(), c.deployment.clone());
+        let last_scale_time = previous
+            .consumers
+            .iter()
+            .find(|p| p.deployment == c.deployment)
+            .and_then(|p| p.last_scale_time.clone());
+        let deployment = match deployments.get_opt(&c.deployment).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                histories.remove(&key);
+                missing.push(c.deployment.clone());
+                consumers.push(ConsumerStatus {
+                    deployment: c.deployment.clone(),
+                    reason: "DeploymentNotFound".into(),
+                    last_scale_time,
+                    ..ConsumerStatus::default()
+                });
+                continue;
+            }
+            Err(e) => return Err(format!("get Deployment {}: {e}", c.deployment)),
+        };
+        let current = deployment.spec.replicas.unwrap_or(1);
+        let mut queue = metrics.remove(&c.queue);
+        if let Some(m) = queue.as_mut()
+            && current > 0
+        {
+            // Deliveries per replica, measured: what drainWithinSeconds sizes against.
+            let rate = queue_statuses
+                .iter()
+                .find(|q| q.name == c.queue)
+                .map_or(0.0, |q| q.deliver_rate);
+            m.per_replica_rate = (rate > 0.0).then(|| rate / f64::from(current));
+        }
+        let history = histories
+            .entry(key)
+            .or_insert_with(|| History::starting_at(now, current));
+        let decision = autoscale::decide(&policy(c), current, queue.as_ref(), history, now);
+        if let Some(m) = &queue {
+            metrics.insert(c.queue.clone(), m.clone());
+        }
+        let mut replicas = current;
+        let mut scaled_at = last_scale_time;
+        if let Some(to) = decision.scale_to.filter(|to| *to != current) {
+            let patch = serde_json::json!({"spec": {"replicas": to}});
+            match deployments
+                .patch_scale(
+                    &c.deployment,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    ctx.metrics.wrote("Deployment/scale");
+                    replicas = to;
+                    scaled_at = Some(stamp.clone());
+                    let note = format!(
+                        "scaled Deployment {} from {current} to {to}: {}",
+                        c.deployment, decision.message
+                    );
+                    info!(namespace = %ns, "{note}");
+                    let event = Event {
+                        type_: EventType::Normal,
+                        reason: decision.reason.code().into(),
+                        note: Some(note),
+                        action: "Scale".into(),
+                        secondary: Some(deployment.object_ref(&())),
+                    };
+                    if let Err(e) = ctx.recorder.publish(&event, &sm.object_ref(&())).await {
+                        warn!(error = %e, "could not publish the scale Event");
+                    }
+                }
+                Err(e) => {
+                    warn!(deployment = %c.deployment, error = %e, "scale failed");
+                    failed.push(format!("{}: {e}", c.deployment));
+                }
+            }
+        }
+        let fallback = queue
+            .as_ref()
+            .is_some_and(|m| m.source == DepthSource::AmqpPassive);
+        consumers.push(ConsumerStatus {
+            deployment: c.deployment.clone(),
+            replicas,
+            desired_replicas: decision.desired,
+            last_scale_time: scaled_at,
+            reason: if fallback {
+                format!(
+                    "{} (depth from AMQP: ready only, management API unavailable)",
+                    decision.reason.code()
+                )
+            } else {
+                decision.reason.code().to_owned()
+            },
+        });
+    }
+
+    let verdict = if !missing.is_empty() {
+        Verdict {
+            ok: false,
+            reason: "DeploymentNotFound",
+            message: format!(
+                "consumer Deployment {} not found in namespace {ns}: create it or fix \
+                 spec.consumers[].deployment",
+                missing.join(", ")
+            ),
+        }
+    } else if !failed.is_empty() {
+        Verdict {
+            ok: false,
+            reason: "ScaleFailed",
+            message: failed.join("; "),
+        }
+    } else {
+        Verdict {
+            ok: true,
+            reason: "Scaled",
+            message: consumers
+                .iter()
+                .map(|c| format!("{}: {} replicas ({})", c.deployment, c.replicas, c.reason))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    };
+    let mut status = previous.clone();
+    status.queues = queue_statuses;
+    status.depth = (!sm.spec.queues.is_empty())
+        .then(|| status.queues.iter().map(|q| q.ready + q.unacked).sum());
+    if sm.spec.consumers.is_empty() {
+        status.consumer_replicas = None;
+        status.consumers = Vec::new();
+    } else {
+        status.consumer_replicas = Some(consumers.iter().map(|c| c.replicas).sum());
+        status.consumers = consumers;
+        set_condition(
+            &mut status,
+            condition::CONSUMERS_SCALED,
+            &verdict,
+            sm.metadata.generation,
+            &stamp,
+        );
+    }
+    if status == previous {
+        return Ok(());
+    }
+    // Only the fields this loop owns, guarded by the resourceVersion read: a conflict with
+    // the reconciler's write is retried at the next tick.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": sm.resource_version()},
+        "status": {
+            "queues": status.queues,
+            "consumers": status.consumers,
+            "depth": status.depth,
+            "consumerReplicas": status.consumer_replicas,
+            "conditions": status.conditions,
+        }
+    });
+    let api: Api<SwappoMessaging> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &sm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| format!("patch status: {e}"))?;
+    ctx.metrics.wrote("SwappoMessaging/status");
+    Ok(())
+}

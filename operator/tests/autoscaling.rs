@@ -1,0 +1,333 @@
+//! Queue topology and consumer autoscaling on the local control plane (kwok nodes: consumer
+//! pods never run, so replicas only move by the operator's scale patches) and the local
+//! RabbitMQ. Queues are declared in vhost `/` under unique names and deleted at the end.
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::time::{Duration, Instant};
+use swappo_operator::crd::{QueueType, SwappoMessaging};
+use swappo_operator::fixtures::TestExt;
+use swappo_testkit::{TestNamespace, eventually, unique_name};
+
+fn password() -> String {
+    std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into())
+}
+
+async fn login_secret(ns: &TestNamespace) {
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broker-login"},
+        "stringData": {"username": "swappo", "password": password()}
+    }))
+    .unwrap();
+    ns.api::<Secret>()
+        .patch(
+            "broker-login",
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .unwrap();
+}
+
+async fn consumer_deployment(ns: &TestNamespace, name: &str, replicas: i32) {
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+            }
+        }
+    }))
+    .unwrap();
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+}
+
+async fn replicas(ns: &TestNamespace, name: &str) -> i32 {
+    ns.api::<Deployment>()
+        .get(name)
+        .await
+        .unwrap()
+        .spec
+        .replicas
+        .unwrap_or(1)
+}
+
+async fn amqp() -> Connection {
+    Connection::connect(
+        &swappo_testkit::rabbitmq_url(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("the local broker accepts a connection")
+}
+
+/// Deletes `<q>`, `<q>.dlq` and `<q>.dlx` (the test's clean-up in the shared vhost).
+async fn delete_topology(queues: &[&str]) {
+    let conn = amqp().await;
+    for q in queues {
+        let ch = conn.create_channel().await.unwrap();
+        for name in [q.to_string(), format!("{q}.dlq")] {
+            let _ = ch
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                format!("{q}.dlx").as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+async fn condition(
+    ns: &TestNamespace,
+    type_: &str,
+    status: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let what = format!("{type_}={status}");
+    eventually(&what, WAIT, || async {
+        let sm = ns.api::<SwappoMessaging>().get("dev").await.ok()?;
+        sm.condition(type_).filter(|c| c.status == status).cloned()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!("{e}");
+    })
+}
+
+#[tokio::test]
+async fn a_backlog_scales_the_consumer_up_at_once_and_down_only_after_the_delay() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-scale-").await;
+    login_secret(&ns).await;
+    consumer_deployment(&ns, "notifications", 1).await;
+    let queue = unique_name("scale-");
+    let mut sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&queue)
+        .with_consumer("notifications", &queue);
+    sm.spec.queues[0].queue_type = QueueType::Classic;
+    let c = &mut sm.spec.consumers[0];
+    (c.min_replicas, c.max_replicas, c.messages_per_replica) = (1, 10, 1000);
+    c.scale_down_delay_seconds = 10;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+    condition(&ns, "QueuesReady", "True").await;
+    condition(&ns, "ConsumersScaled", "True").await;
+    assert_eq!(replicas(&ns, "notifications").await, 1);
+
+    // 5,000 events and no consumer: clamp(ceil(5000 / 1000), 1, 10) = 5 replicas.
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    for i in 0..5000u32 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("event {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        drop(confirm);
+    }
+    eventually("5 replicas for 5,000 messages", WAIT, || async {
+        (replicas(&ns, "notifications").await == 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = ns
+        .api::<SwappoMessaging>()
+        .get("dev")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    eprintln!("status at scale-up: {:?}", status.consumers);
+
+    // Drain with a local consumer; replicas must hold at 5 for the whole 10 s delay.
+    let drain = conn.create_channel().await.unwrap();
+    let mut deliveries = drain
+        .basic_consume(
+            queue.as_str().into(),
+            "drainer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut drained = 0;
+    while drained < 5000 {
+        tokio::time::timeout(WAIT, deliveries.next())
+            .await
+            .expect("messages keep coming")
+            .expect("the consumer stays open")
+            .expect("a delivery");
+        drained += 1;
+    }
+    let drained_at = Instant::now();
+    let mut seen = Vec::new();
+    let deadline = drained_at + WAIT;
+    loop {
+        let r = replicas(&ns, "notifications").await;
+        seen.push(r);
+        if r == 1 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited = drained_at.elapsed();
+    assert_eq!(seen.last(), Some(&1), "back to minReplicas: {seen:?}");
+    assert!(
+        seen.iter().all(|r| *r >= 1),
+        "never below minReplicas: {seen:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(10),
+        "scaled down {waited:?} after the drain, before scaleDownDelaySeconds (10 s)"
+    );
+    eprintln!("scaled down {waited:?} after the queue drained (delay 10 s)");
+
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
+    assert!(reasons.contains(&"ScaledUp"), "{reasons:?}");
+    assert!(reasons.contains(&"ScaledDown"), "{reasons:?}");
+    let status = ns
+        .api::<SwappoMessaging>()
+        .get("dev")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let consumer = &status.consumers[0];
+    assert_eq!(consumer.deployment, "notifications");
+    assert!(consumer.last_scale_time.is_some());
+
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_queue_argument_conflict_and_a_missing_deployment_are_conditions_while_the_rest_works() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-conflict-").await;
+    login_secret(&ns).await;
+    let conflicting = unique_name("conflict-");
+    let fine = unique_name("fine-");
+    // The conflicting queue exists with 3 deliveries; the spec asks for 5 (x-delivery-limit).
+    let conn = amqp().await;
+    swappo_messaging::topology::declare_with(
+        &conn,
+        &swappo_messaging::topology::QueueSpec::quorum(&conflicting).with_max_deliveries(3),
+    )
+    .await
+    .unwrap();
+    let sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&conflicting)
+        .with_queue(&fine)
+        .with_consumer("ghost", &fine);
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+
+    let queues = condition(&ns, "QueuesReady", "False").await;
+    assert_eq!(queues.reason, "QueueArgumentConflict");
+    assert!(queues.message.contains(&conflicting), "{}", queues.message);
+    assert!(
+        queues.message.contains("x-delivery-limit"),
+        "{}",
+        queues.message
+    );
+    assert!(!queues.message.contains(&fine), "{}", queues.message);
+    let scaled = condition(&ns, "ConsumersScaled", "False").await;
+    assert_eq!(scaled.reason, "DeploymentNotFound");
+    assert!(scaled.message.contains("ghost"), "{}", scaled.message);
+    assert_eq!(
+        condition(&ns, "BrokerReady", "True").await.reason,
+        "BrokerAvailable"
+    );
+    assert_eq!(condition(&ns, "Ready", "False").await.status, "False");
+
+    // The other queue was declared after the conflict: quorum, with its dead-letter queue.
+    let info = eventually("the fine queue in the management API", WAIT, || async {
+        swappo_testkit::Management::from_env()
+            .queue("/", &fine)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(info.arguments["x-queue-type"], "quorum");
+    assert!(
+        swappo_testkit::Management::from_env()
+            .queue("/", &format!("{fine}.dlq"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Its numbers reach the status.
+    eventually("status.queues lists the fine queue", WAIT, || async {
+        let sm = ns.api::<SwappoMessaging>().get("dev").await.ok()?;
+        sm.status?
+            .queues
+            .iter()
+            .any(|q| q.name == fine)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Creating the Deployment clears the condition.
+    consumer_deployment(&ns, "ghost", 1).await;
+    condition(&ns, "ConsumersScaled", "True").await;
+
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&conflicting, &fine]).await;
+}
