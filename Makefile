@@ -27,9 +27,10 @@ lint: ## rustfmt check and clippy with -D warnings
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: crds
-crds: ## Regenerate crds/ (and the chart's copy) from the operator's Rust types (tests fail when stale)
+crds: ## Regenerate crds/, the chart's copy and docs/crd-reference.md from the operator's types (tests fail when stale)
 	cargo run -q -p swappo-operator --bin crdgen > crds/swappo.io_swappomessagings.yaml
 	cp crds/swappo.io_swappomessagings.yaml charts/swappo-operator/crds/swappo.io_swappomessagings.yaml
+	SWAPPO_UPDATE_CRD_REFERENCE=1 cargo test -q -p swappo-e2e --test crd_reference
 
 .PHONY: helm-lint
 helm-lint: ## helm lint --strict every chart in charts/ (helm from testenv-bins, else from PATH)
