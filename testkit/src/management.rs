@@ -136,6 +136,21 @@ impl Management {
         Ok(())
     }
 
+    /// Whether `vhost` exists.
+    pub async fn vhost_exists(&self, vhost: &str) -> Result<bool, Error> {
+        let req = self
+            .client
+            .get(self.url(&format!("/api/vhosts/{}", enc(vhost))));
+        match self.send(req, "get vhost").await {
+            Ok(_) => Ok(true),
+            Err(Error::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes `vhost` and everything in it; a missing vhost is not an error.
     pub async fn delete_vhost(&self, vhost: &str) -> Result<(), Error> {
         let req = self

@@ -46,9 +46,12 @@ impl TestVhost {
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let management = self.management.clone();
+        // A fresh client: a clone would share the test's connection pool, whose connections
+        // belong to the test's runtime, which is blocked in this drop (a current-thread runtime
+        // would deadlock).
         let name = self.name.clone();
         block_on_cleanup(async move {
+            let management = Management::new(&management_url());
             if let Err(e) = management.delete_vhost(&name).await {
                 eprintln!("testkit: could not delete vhost {name}: {e}");
             }
