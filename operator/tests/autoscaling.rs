@@ -331,3 +331,70 @@ async fn a_queue_argument_conflict_and_a_missing_deployment_are_conditions_while
     operator.stop().await;
     delete_topology(&[&conflicting, &fine]).await;
 }
+
+#[tokio::test]
+async fn with_the_management_api_down_the_depth_comes_from_amqp_and_status_says_ready_only() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-fallback-").await;
+    login_secret(&ns).await;
+    consumer_deployment(&ns, "notifications", 1).await;
+    let queue = unique_name("fallback-");
+    let mut sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&queue)
+        .with_consumer("notifications", &queue);
+    sm.spec.queues[0].queue_type = QueueType::Classic;
+    sm.spec.consumers[0].messages_per_replica = 100;
+    // Port 9 (discard) on loopback: nothing listens, so every management request fails.
+    let settings = swappo_operator::reconcile::Settings {
+        management_override: Some("127.0.0.1:9".into()),
+        ..local_broker_settings()
+    };
+    let operator = InProcess::start(&client, ns.name(), settings);
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+    condition(&ns, "QueuesReady", "True").await;
+
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    for i in 0..300u32 {
+        drop(
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("event {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // 300 ready messages / 100 per replica = 3 replicas, from the passive declare's count.
+    eventually("3 replicas from the AMQP depth", WAIT, || async {
+        (replicas(&ns, "notifications").await == 3).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = eventually("the consumer status", WAIT, || async {
+        let s = ns.api::<SwappoMessaging>().get("dev").await.ok()?.status?;
+        (s.consumers.first()?.replicas == 3).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let reason = &status.consumers[0].reason;
+    assert!(reason.contains("ready only"), "{reason}");
+    assert!(reason.contains("management API unavailable"), "{reason}");
+    assert_eq!(status.queues[0].ready, 300);
+    assert_eq!(status.depth, Some(300));
+
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&queue]).await;
+}
