@@ -398,3 +398,92 @@ async fn with_the_management_api_down_the_depth_comes_from_amqp_and_status_says_
     operator.stop().await;
     delete_topology(&[&queue]).await;
 }
+
+#[tokio::test]
+async fn a_sawtooth_load_scales_up_once_and_does_not_flap() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-sawtooth-").await;
+    login_secret(&ns).await;
+    consumer_deployment(&ns, "notifications", 1).await;
+    let queue = unique_name("sawtooth-");
+    let mut sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&queue)
+        .with_consumer("notifications", &queue);
+    sm.spec.queues[0].queue_type = QueueType::Classic;
+    sm.spec.consumers[0].messages_per_replica = 100;
+    sm.spec.consumers[0].scale_down_delay_seconds = 120;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+    condition(&ns, "ConsumersScaled", "True").await;
+    let generation = |d: Deployment| d.metadata.generation.unwrap_or(0);
+    let start = generation(ns.api::<Deployment>().get("notifications").await.unwrap());
+
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    // Four teeth: 500 messages with no consumer, then all read by a local consumer.
+    for tooth in 0..4 {
+        for i in 0..500u32 {
+            drop(
+                ch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    format!("tooth {tooth} event {i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        if tooth == 0 {
+            eventually("5 replicas for 500 messages", WAIT, || async {
+                (replicas(&ns, "notifications").await == 5).then_some(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let drain = conn.create_channel().await.unwrap();
+        let mut deliveries = drain
+            .basic_consume(
+                queue.as_str().into(),
+                format!("sawtooth-{tooth}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..500 {
+            tokio::time::timeout(WAIT, deliveries.next())
+                .await
+                .expect("messages keep coming")
+                .expect("the consumer stays open")
+                .expect("a delivery");
+        }
+        drain.close(200, "tooth read".into()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let end = generation(ns.api::<Deployment>().get("notifications").await.unwrap());
+    assert_eq!(replicas(&ns, "notifications").await, 5);
+    assert_eq!(
+        end - start,
+        1,
+        "one scale patch (1 -> 5) over four teeth, no flapping"
+    );
+
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&queue]).await;
+}
