@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod autoscale;
 pub mod builders;
+pub mod cleanup;
 pub mod config;
 pub mod crd;
 pub mod diff;

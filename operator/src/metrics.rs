@@ -21,6 +21,13 @@ pub struct WriteLabels {
     pub kind: String,
 }
 
+/// Labels of a stale-ReplicaSet deletion count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CleanupLabels {
+    /// [`crate::replicasets::StaleReason::code`].
+    pub reason: String,
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +41,8 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge,
+    /// Stale ReplicaSets deleted, by reason.
+    pub replica_sets_cleaned: Family<CleanupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -46,6 +55,12 @@ impl Default for Metrics {
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let replica_sets_cleaned = Family::<CleanupLabels, Counter>::default();
+        registry.register(
+            "stale_replica_sets_deleted",
+            "Stale ReplicaSets deleted, by reason",
+            replica_sets_cleaned.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -74,6 +89,7 @@ impl Default for Metrics {
             duration,
             writes,
             leader,
+            replica_sets_cleaned,
         }
     }
 }
@@ -102,6 +118,15 @@ impl Metrics {
         self.writes
             .get_or_create(&WriteLabels {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one stale ReplicaSet deleted for `reason` (a `StaleReason::code`).
+    pub fn replica_set_cleaned(&self, reason: &str) {
+        self.replica_sets_cleaned
+            .get_or_create(&CleanupLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }
@@ -138,6 +163,7 @@ mod tests {
         m.reconcile_failed(&crate::Error::MissingNamespace("x".into()));
         m.wrote("Deployment");
         m.leader.set(1);
+        m.replica_set_cleaned("BeyondHistoryLimit");
         let text = m.encode();
         for needle in [
             "swappo_operator_reconciles_total 1",
@@ -145,6 +171,7 @@ mod tests {
             "swappo_operator_reconcile_duration_seconds_count 1",
             "swappo_operator_api_writes_total{kind=\"Deployment\"} 1",
             "swappo_operator_leader 1",
+            "swappo_operator_stale_replica_sets_deleted_total{reason=\"BeyondHistoryLimit\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

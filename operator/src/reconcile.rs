@@ -12,7 +12,7 @@ use crate::status::{
     AmqpCheck, CredentialsState, Observed, condition, desired_status, transitions,
 };
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -415,6 +415,7 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
         broker_pods,
         amqp,
     };
+    let cleaned = clean_replica_sets(sm, ctx, &ns).await;
     // Whole seconds: the API keeps conditions' times at second precision.
     let now =
         Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
@@ -428,10 +429,19 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
         _ => None,
     };
     let with_queues = crate::queues::with_queues_declared(sm, queues_broker.as_ref(), &now).await;
-    let status = desired_status(&with_queues, &observed, &now);
+    let mut status = desired_status(&with_queues, &observed, &now);
+    if let Some(total) = cleaned {
+        status.replica_sets_cleaned = total;
+    }
     if sm.status.as_ref() != Some(&status) {
         let api: Api<SwappoMessaging> = Api::namespaced(client, &ns);
-        let patch = serde_json::json!({ "status": status });
+        let mut patch = serde_json::json!({ "status": status });
+        // The clean-up count is written only by `cleanup::count_cleaned` (from a fresh read,
+        // under a resourceVersion precondition): a status computed from a stale cached object
+        // must not set it back.
+        if let Some(s) = patch["status"].as_object_mut() {
+            s.remove("replicaSetsCleaned");
+        }
         api.patch_status(
             &sm.name_any(),
             &PatchParams::default(),
@@ -459,6 +469,48 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     }))
 }
 
+/// Deletes the stale ReplicaSets ([`crate::cleanup`]), with an Event and a metric count per
+/// deletion, and the new `status.replicaSetsCleaned` when any were deleted. A failure is a
+/// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
+/// clean-up, retried next time.
+async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
+    match crate::cleanup::clean(&ctx.client, sm, ns).await {
+        Ok(deleted) if deleted.is_empty() => None,
+        Ok(deleted) => {
+            for d in &deleted {
+                let code = d.stale.reason.code();
+                ctx.metrics.wrote("ReplicaSet");
+                ctx.metrics.replica_set_cleaned(code);
+                let note = format!(
+                    "deleted stale ReplicaSet {}: {}",
+                    d.stale.name,
+                    d.stale.reason.message()
+                );
+                ctx.event_about(sm, false, code, note, Some(d.reference.clone()))
+                    .await;
+            }
+            let n = deleted.len() as u64;
+            match crate::cleanup::count_cleaned(&ctx.client, ns, &sm.name_any(), n).await {
+                Ok(total) => {
+                    ctx.metrics.wrote("SwappoMessaging/status");
+                    Some(total)
+                }
+                Err(e) => {
+                    ctx.metrics.reconcile_failed(&e);
+                    warn!(error = %e, "could not count the deleted ReplicaSets in status");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            ctx.metrics.reconcile_failed(&e);
+            ctx.event(sm, true, "ReplicaSetCleanupFailed", e.to_string())
+                .await;
+            None
+        }
+    }
+}
+
 /// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all)
 /// and the objects it owns (selected by the `managed-by` label).
 pub async fn run_controller(
@@ -478,24 +530,33 @@ pub async fn run_controller(
     let client = &ctx.client;
     let scaler = crate::scaler::run(ctx.clone(), namespace.map(str::to_owned), shutdown.clone());
     let owned = watcher::Config::default().labels(&managed_by_selector());
-    let controller = Controller::new(
+    let base = Controller::new(
         api::<SwappoMessaging>(client, namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(client, namespace), owned.clone())
-    .owns(api::<Service>(client, namespace), owned.clone())
-    .owns(api::<ConfigMap>(client, namespace), owned.clone())
-    .owns(api::<Secret>(client, namespace), owned.clone())
-    .owns(api::<PersistentVolumeClaim>(client, namespace), owned)
-    .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx.clone())
-    .for_each(|result| async move {
-        match result {
-            Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-            Err(e) => debug!(error = %e, "reconcile did not complete"),
-        }
-    });
+    );
+    // ReplicaSet changes (a rollout finishing, a set scaled by hand, an orphan appearing)
+    // reconcile the instances that manage their Deployment or whose labels they carry.
+    let instances = base.store();
+    let controller = base
+        .watches(
+            api::<ReplicaSet>(client, namespace),
+            watcher::Config::default(),
+            move |rs| crate::cleanup::concerned(&rs, &instances),
+        )
+        .owns(api::<Deployment>(client, namespace), owned.clone())
+        .owns(api::<Service>(client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(client, namespace), owned.clone())
+        .owns(api::<Secret>(client, namespace), owned.clone())
+        .owns(api::<PersistentVolumeClaim>(client, namespace), owned)
+        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile did not complete"),
+            }
+        });
     tokio::join!(controller, scaler);
     info!("controller stopped");
 }

@@ -1089,6 +1089,10 @@ fn operator_rules(with_deployments: bool) -> serde_json::Value {
         &["get", "list", "watch"]
     };
     rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": apps_verbs}));
+    rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch", "delete"]}));
+    rules.push(
+        serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}),
+    );
     serde_json::Value::Array(rules)
 }
 

@@ -1,0 +1,304 @@
+//! Stale-ReplicaSet clean-up (DESIGN.md §7), the I/O around the pure verdict in
+//! [`crate::replicasets`]: observe the namespace's Deployments, ReplicaSets and pods, ask the
+//! verdict, delete each stale ReplicaSet (with a precondition on its UID, so a set recreated
+//! under the same name is never hit), publish an Event per deletion and count it by reason.
+//!
+//! The Deployments judged are the ones this instance manages or scales: the broker Deployment
+//! (when the broker is managed) and every `spec.consumers[].deployment`.
+use crate::builders::{MANAGER, Names, label};
+use crate::crd::SwappoMessaging;
+use crate::error::{Error, Result};
+use crate::replicasets::{Observation, Stale, stale_replica_sets};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::{info, warn};
+
+/// The labels that mark a ReplicaSet as this instance's: its `instance` label and the
+/// operator's `managed-by` label (the broker's pods carry both; a consumer's pod template
+/// can carry them to opt in to case (b)).
+pub fn instance_labels(sm: &SwappoMessaging) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (label::INSTANCE.to_owned(), sm.name_any()),
+        (label::MANAGED_BY.to_owned(), MANAGER.to_owned()),
+    ])
+}
+
+/// Names of the Deployments `sm` manages or scales, in its namespace.
+pub fn managed_deployment_names(sm: &SwappoMessaging) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = sm
+        .spec
+        .consumers
+        .iter()
+        .map(|c| c.deployment.clone())
+        .collect();
+    if sm.is_managed() {
+        names.insert(Names::of(sm).deployment);
+    }
+    names
+}
+
+/// The `SwappoMessaging` objects a ReplicaSet change concerns: the instance named by its
+/// `instance` label, and every instance managing its owning Deployment (by name, in the same
+/// namespace). Used to map the ReplicaSet watch onto reconciles.
+pub fn concerned(
+    rs: &ReplicaSet,
+    instances: &Store<SwappoMessaging>,
+) -> Vec<ObjectRef<SwappoMessaging>> {
+    let Some(ns) = rs.namespace() else {
+        return Vec::new();
+    };
+    let owner = rs
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+        .map(|o| o.name.clone());
+    let labelled = rs.labels().get(label::INSTANCE).cloned();
+    instances
+        .state()
+        .iter()
+        .filter(|sm| sm.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|sm| {
+            labelled.as_deref() == Some(sm.name_any().as_str())
+                || owner
+                    .as_ref()
+                    .is_some_and(|d| managed_deployment_names(sm).contains(d))
+        })
+        .map(|sm| ObjectRef::from_obj(sm.as_ref()))
+        .collect()
+}
+
+/// One deletion done, for the caller to report.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// What was deleted and why.
+    pub stale: Stale,
+    /// A reference to the deleted ReplicaSet (for the Event's `related` object).
+    pub reference: ObjectReference,
+}
+
+/// Observes `ns`, deletes the ReplicaSets the verdict names, and returns those deleted.
+/// Nothing is observed or deleted when `spec.cleanup.staleReplicaSets` is false.
+/// A ReplicaSet already gone, or replaced under the same name (UID precondition failed), is
+/// skipped silently: someone else cleaned it.
+pub async fn clean(client: &Client, sm: &SwappoMessaging, ns: &str) -> Result<Vec<Deleted>> {
+    if !sm.spec.cleanup.stale_replica_sets {
+        return Ok(Vec::new());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let all_deployments = deployments
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube(format!("list Deployments in {ns}")))?
+        .items;
+    let rs_list = replica_sets
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube(format!("list ReplicaSets in {ns}")))?
+        .items;
+    if rs_list.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pod_list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube(format!("list Pods in {ns}")))?
+        .items;
+    let names = managed_deployment_names(sm);
+    let managed: Vec<Deployment> = all_deployments
+        .iter()
+        .filter(|d| names.contains(&d.name_any()))
+        .cloned()
+        .collect();
+    let existing: BTreeSet<String> = all_deployments.iter().filter_map(|d| d.uid()).collect();
+    let labels = instance_labels(sm);
+    let verdict = stale_replica_sets(&Observation {
+        managed: &managed,
+        existing_deployment_uids: &existing,
+        replica_sets: &rs_list,
+        pods: &pod_list,
+        instance_labels: &labels,
+    });
+    let mut deleted = Vec::new();
+    for stale in verdict {
+        let Some(rs) = rs_list.iter().find(|r| r.name_any() == stale.name) else {
+            continue;
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: rs.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match replica_sets.delete(&stale.name, &params).await {
+            Ok(_) => {
+                info!(replicaset = %stale.name, reason = stale.reason.code(), "deleted a stale ReplicaSet: {}", stale.reason.message());
+                deleted.push(Deleted {
+                    reference: ObjectReference {
+                        api_version: Some("apps/v1".into()),
+                        kind: Some("ReplicaSet".into()),
+                        namespace: Some(ns.to_owned()),
+                        name: Some(stale.name.clone()),
+                        uid: rs.uid(),
+                        ..ObjectReference::default()
+                    },
+                    stale,
+                });
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                warn!(replicaset = %stale.name, code = s.code, "stale ReplicaSet already gone or replaced; skipped");
+            }
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: format!("delete ReplicaSet {ns}/{}", stale.name),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Attempts at [`count_cleaned`] before giving up: each conflict means another writer just
+/// changed the object; a handful is plenty for one operator and the API server.
+const COUNT_ATTEMPTS: u32 = 5;
+
+/// Adds `n` to `status.replicaSetsCleaned` of `ns/name`, read fresh and written under a
+/// `resourceVersion` precondition (retried on conflict), so no deletion is counted twice or
+/// lost to a write from a stale copy. Returns the new total.
+pub async fn count_cleaned(client: &Client, ns: &str, name: &str, n: u64) -> Result<u64> {
+    let api: Api<SwappoMessaging> = Api::namespaced(client.clone(), ns);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api
+            .get(name)
+            .await
+            .map_err(Error::kube(format!("get SwappoMessaging {name}")))?;
+        let total = current
+            .status
+            .as_ref()
+            .map_or(0, |s| s.replica_sets_cleaned)
+            .saturating_add(n);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "status": {"replicaSetsCleaned": total},
+        });
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(total),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < COUNT_ATTEMPTS => continue,
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: format!("count cleaned ReplicaSets in the status of {name}"),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TestExt;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher;
+
+    fn rs(name: &str, labels: &[(&str, &str)], owner: Option<&str>) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                owner_references: owner.map(|d| {
+                    vec![OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: "Deployment".into(),
+                        name: d.into(),
+                        uid: format!("uid-{d}"),
+                        controller: Some(true),
+                        ..OwnerReference::default()
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            spec: ReplicaSetSpec::default(),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn managed_deployments_are_the_broker_and_every_consumer() {
+        let sm = SwappoMessaging::new_in("dev", "ns")
+            .with_queue("q")
+            .with_consumer("worker", "q");
+        let names: Vec<String> = managed_deployment_names(&sm).into_iter().collect();
+        assert_eq!(names, ["dev-rabbitmq", "worker"]);
+        let external = sm.with_external("rabbit.example", false);
+        let names: Vec<String> = managed_deployment_names(&external).into_iter().collect();
+        assert_eq!(names, ["worker"]);
+    }
+
+    #[test]
+    fn a_replica_set_change_maps_to_the_instances_managing_or_labelling_it() {
+        let (reader, mut writer) = store::<SwappoMessaging>();
+        let dev = SwappoMessaging::new_in("dev", "ns")
+            .with_queue("q")
+            .with_consumer("worker", "q");
+        let other = SwappoMessaging::new_in("other", "ns");
+        let elsewhere = SwappoMessaging::new_in("dev", "elsewhere")
+            .with_queue("q")
+            .with_consumer("worker", "q");
+        for sm in [dev, other, elsewhere] {
+            writer.apply_watcher_event(&watcher::Event::Apply(sm));
+        }
+        let names = |refs: Vec<ObjectRef<SwappoMessaging>>| {
+            let mut v: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(concerned(&rs("worker-1", &[], Some("worker")), &reader)),
+            ["dev"]
+        );
+        assert_eq!(
+            names(concerned(
+                &rs("dev-rabbitmq-1", &[], Some("dev-rabbitmq")),
+                &reader
+            )),
+            ["dev"]
+        );
+        assert_eq!(
+            names(concerned(
+                &rs("x", &[(label::INSTANCE, "other")], None),
+                &reader
+            )),
+            ["other"]
+        );
+        assert!(concerned(&rs("web-1", &[("app", "web")], Some("web")), &reader).is_empty());
+    }
+
+    #[test]
+    fn instance_labels_are_the_instance_and_the_operator() {
+        let sm = SwappoMessaging::new_in("dev", "ns");
+        let labels = instance_labels(&sm);
+        assert_eq!(labels[label::INSTANCE], "dev");
+        assert_eq!(labels[label::MANAGED_BY], "swappo-operator");
+    }
+}
