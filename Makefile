@@ -69,6 +69,10 @@ bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the
 bench-publisher: testenv-deps ## Publisher benchmark: swappo-messaging vs the seed publisher and RabbitMQ PerfTest -> bench/results/publisher.md
 	bash bench/publisher.sh
 
+.PHONY: bench-autoscaler
+bench-autoscaler: testenv-deps ## Autoscaler benchmark: seconds from a backlog to the scale patch, p50/p95 -> bench/results/autoscaler.md
+	bash bench/autoscaler.sh
+
 .PHONY: demo
 demo: ## Run the operator and both services locally under a load of trade offers, with a live view (DEMO_DURATION=60 for unattended)
 	bash scripts/demo.sh
