@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
+use lapin::Connection;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ use tracing::{debug, info, warn};
 /// Per-consumer recommendation histories, keyed by (namespace, resource, Deployment).
 type Histories = HashMap<(String, String, String), History>;
 
+/// Kept AMQP connections (for passive declares), keyed by (namespace, resource).
+type Connections = HashMap<(String, String), Connection>;
+
 /// Runs the loop until `shutdown`, watching `namespace` (or all).
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let api: Api<SwappoMessaging> = match &namespace {
@@ -36,6 +40,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     let http = reqwest::Client::new();
     let origin = Instant::now();
     let mut histories = Histories::new();
+    let mut connections = Connections::new();
     let mut tick = tokio::time::interval(ctx.settings.autoscale_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -50,6 +55,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
                 continue;
             }
         };
+        // Connections of resources that are gone (or no longer scaled) are closed.
+        connections.retain(|(ns, name), _| {
+            list.items.iter().any(|sm| {
+                sm.namespace().as_deref() == Some(ns.as_str())
+                    && &sm.name_any() == name
+                    && !sm.spec.queues.is_empty()
+            })
+        });
         for sm in list.items {
             if sm.spec.queues.is_empty() && sm.spec.consumers.is_empty() {
                 continue;
@@ -61,10 +74,19 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
                 continue;
             }
             let now = origin.elapsed();
-            if let Err(e) = scale_one(&ctx, &http, &sm, &mut histories, now).await {
+            let key = (sm.namespace().unwrap_or_default(), sm.name_any());
+            let mut conn = connections.remove(&key);
+            let result = scale_one(&ctx, &http, &sm, &mut histories, &mut conn, now).await;
+            if let Some(conn) = conn {
+                connections.insert(key, conn);
+            }
+            if let Err(e) = result {
                 debug!(name = %sm.name_any(), error = %e, "autoscaler pass incomplete");
             }
         }
+    }
+    for conn in connections.into_values() {
+        let _ = conn.close(200, "operator stopping".into()).await;
     }
     info!("autoscaler stopped");
 }
@@ -98,21 +120,38 @@ async fn broker_of(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Option<Brok
 }
 
 /// Each queue's metrics (when any source answered) and status.
+///
+/// The management API's queue counts are refreshed by the broker every 5 s (its statistics
+/// interval), while a passive declare on the kept AMQP connection reads the ready count at
+/// once: the depth is the larger of management ready + unacked and AMQP ready, so a new
+/// backlog is seen at the next poll. Without the management API, the depth is AMQP ready only
+/// (no unacked, no rates), and the consumer status says so.
 async fn observe_queues(
     http: &reqwest::Client,
     broker: &Broker,
     sm: &SwappoMessaging,
+    amqp: &mut Option<Connection>,
 ) -> (HashMap<String, QueueMetrics>, Vec<QueueStatus>) {
     let mut metrics = HashMap::new();
     let mut statuses = Vec::new();
-    let mut amqp = None;
+    if !amqp.as_ref().is_some_and(|c| c.status().connected()) {
+        *amqp = queues::connect(broker, "swappo-operator autoscaler")
+            .await
+            .map_err(|e| debug!(error = %e, "autoscaler: no AMQP connection"))
+            .ok();
+    }
     for q in &sm.spec.queues {
+        let fresh = match amqp.as_ref() {
+            Some(conn) => queues::passive_depth(conn, &q.name).await.ok(),
+            None => None,
+        };
         match queues::management_queue(http, broker, &q.name).await {
             Ok(status) => {
+                let depth = (status.ready + status.unacked).max(fresh.unwrap_or(0));
                 metrics.insert(
                     q.name.clone(),
                     QueueMetrics {
-                        depth: status.ready + status.unacked,
+                        depth,
                         publish_rate: Some(status.publish_rate),
                         per_replica_rate: None,
                         source: DepthSource::Management,
@@ -121,13 +160,8 @@ async fn observe_queues(
                 statuses.push(status);
             }
             Err(e) => {
-                debug!(queue = %q.name, error = %e, "management API failed; AMQP passive declare");
-                if amqp.is_none() {
-                    amqp = Some(queues::connect(broker, "swappo-operator autoscaler").await);
-                }
-                if let Some(Ok(conn)) = &amqp
-                    && let Ok(ready) = queues::passive_depth(conn, &q.name).await
-                {
+                debug!(queue = %q.name, error = %e, "management API failed; AMQP depth only");
+                if let Some(ready) = fresh {
                     metrics.insert(
                         q.name.clone(),
                         QueueMetrics {
@@ -145,9 +179,6 @@ async fn observe_queues(
                 }
             }
         }
-    }
-    if let Some(Ok(conn)) = amqp {
-        let _ = conn.close(200, "checked".into()).await;
     }
     (metrics, statuses)
 }
@@ -171,13 +202,14 @@ async fn scale_one(
     http: &reqwest::Client,
     sm: &SwappoMessaging,
     histories: &mut Histories,
+    amqp: &mut Option<Connection>,
     now: Duration,
 ) -> Result<(), String> {
     let ns = sm.namespace().unwrap_or_default();
     let Some(broker) = broker_of(ctx, sm, &ns).await else {
         return Err("no credentials Secret yet".into());
     };
-    let (mut metrics, queue_statuses) = observe_queues(http, &broker, sm).await;
+    let (mut metrics, queue_statuses) = observe_queues(http, &broker, sm, amqp).await;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = sm.status.clone().unwrap_or_default();
     let stamp =
