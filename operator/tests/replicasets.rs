@@ -481,11 +481,46 @@ async fn each_kind_of_stale_replica_set_is_deleted_with_an_event_and_counted_whi
         (orphan.as_str(), "OwnerDeploymentGone"),
     ];
     for (name, reason) in expected {
-        eventually(&format!("{name} deleted"), WAIT, || async {
+        let gone = eventually(&format!("{name} deleted"), WAIT, || async {
             sets.get_opt(name).await.ok()?.is_none().then_some(())
         })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .await;
+        if let Err(e) = gone {
+            let worker = deployments
+                .get("worker")
+                .await
+                .ok()
+                .map(|d| (d.metadata.generation, d.status));
+            let all: Vec<_> = replica_sets(&ns, "app=worker")
+                .await
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.name_any(),
+                        r.annotations().clone(),
+                        r.spec.replicas,
+                        r.status,
+                    )
+                })
+                .collect();
+            let status = instances.get("dev").await.ok().and_then(|s| s.status);
+            let warnings: Vec<_> = ns
+                .api::<Event>()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+                .map(|e| (e.reason, e.note))
+                .collect();
+            let reconciles = operator.metric("swappo_operator_reconciles_total");
+            eprintln!(
+                "warnings: {warnings:#?}\nreconciles: {reconciles}\nmetrics:\n{}",
+                operator.metrics.encode()
+            );
+            panic!("{e}\nworker: {worker:#?}\nsets: {all:#?}\nstatus: {status:#?}");
+        }
         let events = events_with(&ns, reason).await;
         let event = events
             .iter()
