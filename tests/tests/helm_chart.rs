@@ -1035,6 +1035,7 @@ async fn a_namespaced_install_reconciles_its_namespace_to_ready_and_reaches_noth
         &format!("system:serviceaccount:{op}:{account} (watch.scope=namespace)"),
         &[
             allow("watch", "swappomessagings.swappo.io", a),
+            allow("get", "swappomessagings.swappo.io", a),
             allow(
                 "patch",
                 "swappomessagings.swappo.io --subresource=status",
@@ -1050,9 +1051,13 @@ async fn a_namespaced_install_reconciles_its_namespace_to_ready_and_reaches_noth
             deny("patch", "persistentvolumeclaims", a),
             allow("patch", "deployments.apps", a),
             allow("patch", "deployments.apps --subresource=scale", a),
+            deny("update", "deployments.apps --subresource=scale", a),
             deny("delete", "deployments.apps", a),
             allow("delete", "replicasets.apps", a),
             allow("create", "events.events.k8s.io", a),
+            allow("list", "pods", a),
+            deny("get", "pods", a),
+            deny("delete", "pods", a),
             deny("create", "pods", a),
             deny("create", "pods --subresource=exec", a),
             deny("create", "roles.rbac.authorization.k8s.io", a),
@@ -1154,6 +1159,29 @@ async fn a_namespaced_install_reconciles_its_namespace_to_ready_and_reaches_noth
         status.broker.as_ref().unwrap().secret_name,
         "swappo-rabbitmq"
     );
+    // The autoscaler, with the same identity, reads the consumer Deployment the services chart
+    // installed and sizes it (the scale subresource).
+    let scaled = eventually("ConsumersScaled=True", GUARD, || async {
+        let sm = resources.get("swappo").await.ok()?;
+        (condition(&sm, "ConsumersScaled")?.0 == "True").then_some(sm)
+    })
+    .await;
+    let scaled = match scaled {
+        Ok(sm) => sm,
+        Err(e) => {
+            let sm = resources.get("swappo").await.ok();
+            panic!("{e}; last status: {:?}", sm.and_then(|s| s.status));
+        }
+    };
+    let consumers = &scaled.status.as_ref().unwrap().consumers;
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    assert_eq!(consumers[0].deployment, "notifications-service");
+    assert!(consumers[0].desired_replicas >= 1, "{consumers:?}");
+    println!(
+        "consumer sized with the chart's identity: {:?}",
+        consumers[0]
+    );
+
     let holder = Api::<Lease>::namespaced(client.clone(), op)
         .get(lease)
         .await
@@ -1185,7 +1213,20 @@ async fn a_namespaced_install_reconciles_its_namespace_to_ready_and_reaches_noth
             .any(|f| f.manager.as_deref() == Some("helm"))
     );
 
-    // No call of the operator's was refused on the way (its error counter by kind).
+    // No call of the operator's was refused on the way: not in its error counter by kind, not
+    // in an Event (failed clean-ups and scale patches are reported as Warning Events), not in a
+    // condition.
+    let refused: Vec<String> = Api::<Event>::namespaced(client.clone(), a)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.note)
+        .chain(status.conditions.iter().map(|c| c.message.clone()))
+        .filter(|note| note.contains("forbidden"))
+        .collect();
+    assert!(refused.is_empty(), "refused API calls: {refused:?}");
     let metrics = http_get(&http, "/metrics").await;
     let forbidden: Vec<&str> = metrics
         .lines()

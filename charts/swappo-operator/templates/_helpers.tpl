@@ -66,10 +66,11 @@ The permissions the reconciler needs in the namespaces it watches, each rule wit
 that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node or CRD access.
 */}}
 {{- define "swappo-operator.rules" -}}
-# The controller's watch of SwappoMessaging (reconcile reads from its cache: no get).
+# The controller's watch and the autoscaler's list of SwappoMessaging; `get` reads one fresh
+# before counting cleaned ReplicaSets in its status (under a resourceVersion precondition).
 - apiGroups: ["swappo.io"]
   resources: ["swappomessagings"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # status, conditions and counters (merge patch of the status subresource).
 - apiGroups: ["swappo.io"]
   resources: ["swappomessagings/status"]
@@ -89,18 +90,23 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create"]
-# The broker Deployment (server-side apply, as above) and the consumer Deployments it scales.
+# The broker Deployment (server-side apply, as above); the autoscaler reads consumer
+# Deployments and the ReplicaSet cleanup lists them.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# The autoscaler reads and patches only the scale subresource of consumer Deployments.
+# The autoscaler changes consumer replicas only through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch"]
-# Stale ReplicaSet cleanup (DESIGN §7): observe ReplicaSets, delete only the stale ones.
+  verbs: ["patch"]
+# Stale ReplicaSet cleanup (DESIGN §7): watch ReplicaSets, delete only the stale ones.
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["list", "watch", "delete"]
+# ... judging a rollout by its pods' readiness (read only).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Events on the SwappoMessaging (the recorder creates, then patches a series).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
