@@ -132,7 +132,8 @@ pub async fn declare_all(broker: &Broker, sm: &SwappoMessaging) -> Declared {
             });
         results.push((q.name.clone(), outcome));
     }
-    let _ = conn.close(200, "declared".into()).await;
+    // Bounded: a reconcile must never wait on a broker that stopped answering.
+    let _ = tokio::time::timeout(broker.timeout, conn.close(200, "declared".into())).await;
     Ok(results)
 }
 

@@ -86,7 +86,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         }
     }
     for conn in connections.into_values() {
-        let _ = conn.close(200, "operator stopping".into()).await;
+        // Bounded: a broker that stopped answering must not hold up the operator's shutdown.
+        let close = conn.close(200, "operator stopping".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), close).await;
     }
     info!("autoscaler stopped");
 }
@@ -142,7 +144,13 @@ async fn observe_queues(
     }
     for q in &sm.spec.queues {
         let fresh = match amqp.as_ref() {
-            Some(conn) => queues::passive_depth(conn, &q.name).await.ok(),
+            // Bounded like every broker call: a half-open connection must not stall the loop.
+            Some(conn) => {
+                tokio::time::timeout(broker.timeout, queues::passive_depth(conn, &q.name))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             None => None,
         };
         match queues::management_queue(http, broker, &q.name).await {
