@@ -144,6 +144,15 @@ mod tests {
         let mut p = Proc::start(&spec, &dir).unwrap();
         assert!(p.is_running());
         assert!(dir.join("sleeper.pid").exists());
+        // Let the child write its line first: a SIGTERM sent before `sh` ran `echo` would
+        // leave an empty log (seen under load). Bounded: 10 s.
+        for _ in 0..200 {
+            if std::fs::read_to_string(dir.join("sleeper.log")).is_ok_and(|l| l.contains("started"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let status = p
             .stop(Duration::from_secs(10))
             .await
