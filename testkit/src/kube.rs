@@ -8,9 +8,10 @@
 use crate::{block_on_cleanup, unique_name};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{Condition, await_condition};
+use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Api, Client, Config, Resource};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -139,6 +140,38 @@ where
         }),
         Err(_) => Err(KubeError::Timeout(timeout, what.to_owned())),
     }
+}
+
+/// Server-side applies `crd` under `field_manager` (forced, so concurrent tests converge on
+/// one version) and waits, at most `timeout`, until the API server serves it (Established).
+pub async fn apply_crd(
+    client: &Client,
+    crd: &CustomResourceDefinition,
+    field_manager: &str,
+    timeout: Duration,
+) -> Result<(), KubeError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    crds.patch(
+        &name,
+        &PatchParams::apply(field_manager).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .map_err(|source| KubeError::Api {
+        what: format!("apply CRD {name}"),
+        source,
+    })?;
+    let what = format!("CRD {name} Established");
+    wait_for(
+        &crds,
+        &name,
+        &what,
+        timeout,
+        conditions::is_crd_established(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Calls `probe` every 250 ms until it returns `Some`, at most `timeout`; for states that a

@@ -15,7 +15,9 @@ mod outage_proxy;
 mod private_postgres;
 mod vhost;
 
-pub use crate::kube::{KubeError, TestNamespace, eventually, kube_client, kube_config, wait_for};
+pub use crate::kube::{
+    KubeError, TestNamespace, apply_crd, eventually, kube_client, kube_config, wait_for,
+};
 pub use database::TestDb;
 pub use management::{Error as ManagementError, Management, QueueInfo};
 pub use outage_proxy::OutageProxy;

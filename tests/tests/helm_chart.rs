@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -635,33 +634,10 @@ async fn the_dashboards_broker_queries_name_metrics_a_real_rabbitmq_serves() {
 /// do, so concurrent tests never install two different versions) and waits until it is
 /// served. The chart's copy is the same file (`the_chart_carries_the_generated_crd_unchanged`).
 async fn install_crd() {
-    let client = kube_client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
     let crd = swappo_operator::crd::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("swappo-e2e-helm").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the CRD applies");
-    swappo_testkit::wait_for(
-        &crds,
-        &name,
-        "CRD Established",
-        GUARD,
-        |c: Option<&CustomResourceDefinition>| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    swappo_testkit::apply_crd(&kube_client().await, &crd, "swappo-e2e-helm", GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 use k8s_openapi::api::core::v1::{
     HostPathVolumeSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeSpec,
 };
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
@@ -62,32 +61,10 @@ fn skip(why: &str) -> Option<Client> {
 
 /// Installs (server-side applies) the CRD and waits until it is Established.
 pub async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = swappo_operator::crd::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("swappo-operator-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the CRD applies");
-    swappo_testkit::wait_for(
-        &crds,
-        &name,
-        "CRD Established",
-        WAIT,
-        |c: Option<&CustomResourceDefinition>| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await
-    .expect("the CRD is established");
+    swappo_testkit::apply_crd(client, &crd, "swappo-operator-tests", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("the CRD is established: {e}"));
 }
 
 /// Labels the namespace `pod-security.kubernetes.io/enforce=restricted`.
