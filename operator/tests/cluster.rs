@@ -862,6 +862,17 @@ async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
     lease.spec?.holder_identity
 }
 
+/// Waits until `operator` holds the Lease in `ns`; on timeout fails with its log.
+async fn wait_leading(client: &Client, ns: &str, operator: &Process) {
+    let what = format!("{} to lead", operator.identity);
+    eventually(&what, WAIT, || async {
+        (lease_holder(client, ns).await.as_deref() == Some(operator.identity.as_str()))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log of {}:\n{}", operator.identity, operator.log()));
+}
+
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed() {
     let Some(client) = cluster().await else {
@@ -880,11 +891,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
         "127.0.0.1:5672",
     ];
     let mut a = Process::spawn("operator-a", "info", &args);
-    eventually("operator-a to lead", WAIT, || async {
-        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    wait_leading(&client, ns.name(), &a).await;
     let b = Process::spawn("operator-b", "info", &args);
     b.http_addr().await;
 
@@ -904,11 +911,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
     assert_eq!(metric(&b_metrics, "swappo_operator_leader"), 0.0);
 
     a.kill();
-    eventually("operator-b to take the lease", WAIT, || async {
-        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-b")).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; log of b:\n{}", b.log()));
+    wait_leading(&client, ns.name(), &b).await;
     // The new leader reconciles: a deleted Service comes back from it.
     services
         .delete("dev-rabbitmq", &DeleteParams::default())
@@ -942,11 +945,7 @@ async fn a_terminated_leader_releases_its_lease_and_exits_cleanly() {
         "60",
     ];
     let mut a = Process::spawn("operator-a", "info", &args);
-    eventually("operator-a to lead", WAIT, || async {
-        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    wait_leading(&client, ns.name(), &a).await;
     assert!(a.terminate(), "a clean exit on SIGTERM; log:\n{}", a.log());
     // Released, so a standby need not wait out the 60 s lease.
     assert_eq!(
@@ -1034,11 +1033,7 @@ async fn a_leader_that_finds_its_lease_taken_stops_and_exits_with_an_error() {
         "4",
     ];
     let mut a = Process::spawn("operator-a", "info", &args);
-    eventually("operator-a to lead", WAIT, || async {
-        (lease_holder(&client, ns.name()).await.as_deref() == Some("operator-a")).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; log:\n{}", a.log()));
+    wait_leading(&client, ns.name(), &a).await;
     // Another replica (say, after a network partition) holds the Lease now.
     let leases = Api::<Lease>::namespaced(client.clone(), ns.name());
     let patch = serde_json::json!({"spec": {
