@@ -70,8 +70,12 @@ bench-publisher: testenv-deps ## Publisher benchmark: swappo-messaging vs the se
 	bash bench/publisher.sh
 
 .PHONY: bench-autoscaler
-bench-autoscaler: testenv-deps ## Autoscaler benchmark: seconds from a backlog to the scale patch, p50/p95 -> bench/results/autoscaler.md
+bench-autoscaler: testenv-deps cluster-up ## Autoscaler benchmark: seconds from a backlog to the scale patch, p50/p95 -> bench/results/autoscaler.md
 	bash bench/autoscaler.sh
+
+.PHONY: bench-operator
+bench-operator: testenv-deps cluster-up ## Operator scale benchmark: reconcile time, RSS and API traffic at rest with 1/100/1000 objects -> bench/results/operator.md
+	bash bench/operator.sh
 
 .PHONY: demo
 demo: ## Run the operator and both services locally under a load of trade offers, with a live view (DEMO_DURATION=60 for unattended)

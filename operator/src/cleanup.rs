@@ -1,6 +1,7 @@
 //! Stale-ReplicaSet clean-up (DESIGN.md §7), the I/O around the pure verdict in
-//! [`crate::replicasets`]: observe the namespace's Deployments, ReplicaSets and pods, ask the
-//! verdict, delete each stale ReplicaSet (with a precondition on its UID, so a set recreated
+//! [`crate::replicasets`]: observe what concerns the instance (its managed Deployments, the
+//! ReplicaSets they select or that carry its labels, their pods), ask the verdict, delete each
+//! stale ReplicaSet (with a precondition on its UID, so a set recreated
 //! under the same name is never hit), publish an Event per deletion and count it by reason.
 //!
 //! The Deployments judged are the ones this instance manages or scales: the broker Deployment
@@ -8,12 +9,14 @@
 use crate::builders::{MANAGER, Names, label};
 use crate::crd::SwappoMessaging;
 use crate::error::{Error, Result};
-use crate::replicasets::{Observation, Stale, stale_replica_sets};
+use crate::metrics::Metrics;
+use crate::replicasets::{Observation, Stale, needs, stale_replica_sets, worth_a_look};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::core::Selector;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
@@ -80,43 +83,115 @@ pub struct Deleted {
     pub reference: ObjectReference,
 }
 
-/// Observes `ns`, deletes the ReplicaSets the verdict names, and returns those deleted.
-/// Nothing is observed or deleted when `spec.cleanup.staleReplicaSets` is false.
-/// A ReplicaSet already gone, or replaced under the same name (UID precondition failed), is
-/// skipped silently: someone else cleaned it.
-pub async fn clean(client: &Client, sm: &SwappoMessaging, ns: &str) -> Result<Vec<Deleted>> {
+/// Lists `K` in `api` under each selector, merged without duplicates (by UID).
+async fn list_selected<K>(
+    api: &Api<K>,
+    selectors: &[Selector],
+    what: &str,
+    metrics: &Metrics,
+) -> Result<Vec<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for selector in selectors {
+        metrics.read(&K::kind(&()));
+        let items = api
+            .list(&ListParams::default().labels_from(selector))
+            .await
+            .map_err(Error::kube(format!("list {what} ({selector})")))?
+            .items;
+        for item in items {
+            if seen.insert(item.meta().uid.clone().unwrap_or_default()) {
+                out.push(item);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Observes what concerns `sm` in `ns`, deletes the ReplicaSets the verdict names, and
+/// returns those deleted. Nothing is observed or deleted when `spec.cleanup.staleReplicaSets`
+/// is false.
+///
+/// Reads stay proportional to this instance's own objects, not to the namespace (1000
+/// instances in one namespace must not make each reconcile list thousands of objects): the
+/// managed Deployments by name, the ReplicaSets under each one's selector and under the
+/// instance's labels, and only when [`needs`] says so, the pods under the managed selectors
+/// and the owner Deployments of labelled sets. A ReplicaSet already gone, or replaced under
+/// the same name (UID precondition failed), is skipped silently: someone else cleaned it.
+///
+/// With `cache` (the controller's ReplicaSet watch), a first look there decides whether to
+/// read at all ([`worth_a_look`]): in a steady state nothing is read. Deletions are always
+/// decided on live reads.
+pub async fn clean(
+    client: &Client,
+    sm: &SwappoMessaging,
+    ns: &str,
+    cache: Option<&Store<ReplicaSet>>,
+    metrics: &Metrics,
+) -> Result<Vec<Deleted>> {
     if !sm.spec.cleanup.stale_replica_sets {
         return Ok(Vec::new());
+    }
+    let labels = instance_labels(sm);
+    if let Some(cache) = cache {
+        let in_ns: Vec<_> = cache
+            .state()
+            .into_iter()
+            .filter(|rs| rs.namespace().as_deref() == Some(ns))
+            .collect();
+        if !worth_a_look(
+            &managed_deployment_names(sm),
+            in_ns.iter().map(AsRef::as_ref),
+            &labels,
+        ) {
+            return Ok(Vec::new());
+        }
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let all_deployments = deployments
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube(format!("list Deployments in {ns}")))?
-        .items;
-    let rs_list = replica_sets
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube(format!("list ReplicaSets in {ns}")))?
-        .items;
+    let mut managed = Vec::new();
+    for name in managed_deployment_names(sm) {
+        metrics.read("Deployment");
+        if let Some(d) = deployments
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("get Deployment {ns}/{name}")))?
+        {
+            managed.push(d);
+        }
+    }
+    let managed_selectors: Vec<Selector> = managed
+        .iter()
+        .filter_map(|d| Selector::try_from(d.spec.selector.clone()).ok())
+        .filter(|s| !s.selects_all())
+        .collect();
+    let mut rs_selectors = managed_selectors.clone();
+    rs_selectors.push(Selector::from_iter(labels.clone()));
+    let rs_list = list_selected(&replica_sets, &rs_selectors, "ReplicaSets", metrics).await?;
     if rs_list.is_empty() {
         return Ok(Vec::new());
     }
-    let pod_list = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube(format!("list Pods in {ns}")))?
-        .items;
-    let names = managed_deployment_names(sm);
-    let managed: Vec<Deployment> = all_deployments
-        .iter()
-        .filter(|d| names.contains(&d.name_any()))
-        .cloned()
-        .collect();
-    let existing: BTreeSet<String> = all_deployments.iter().filter_map(|d| d.uid()).collect();
-    let labels = instance_labels(sm);
+    let needed = needs(&managed, &rs_list, &labels);
+    let pod_list = if needed.pods {
+        list_selected(&pods, &managed_selectors, "Pods", metrics).await?
+    } else {
+        Vec::new()
+    };
+    let mut existing: BTreeSet<String> = managed.iter().filter_map(|d| d.uid()).collect();
+    for name in &needed.owners_to_look_up {
+        metrics.read("Deployment");
+        if let Some(d) = deployments
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("get Deployment {ns}/{name}")))?
+        {
+            existing.extend(d.uid());
+        }
+    }
     let verdict = stale_replica_sets(&Observation {
         managed: &managed,
         existing_deployment_uids: &existing,

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Writes to the API server, by kind (0 per minute in a steady state).
     pub writes: Family<WriteLabels, Counter>,
+    /// Reads from the API server (GET or LIST), by kind: watch caches make most reads free,
+    /// this counts the ones that went to the server.
+    pub reads: Family<WriteLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or runs without election).
     pub leader: Gauge,
     /// Stale ReplicaSets deleted, by reason.
@@ -54,6 +57,7 @@ impl Default for Metrics {
         // login bounded by its timeout.
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let writes = Family::<WriteLabels, Counter>::default();
+        let reads = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         let replica_sets_cleaned = Family::<CleanupLabels, Counter>::default();
         registry.register(
@@ -78,6 +82,11 @@ impl Default for Metrics {
             writes.clone(),
         );
         registry.register(
+            "api_reads",
+            "Reads (GET or LIST) sent to the Kubernetes API, by kind",
+            reads.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica is the leader",
             leader.clone(),
@@ -88,6 +97,7 @@ impl Default for Metrics {
             errors,
             duration,
             writes,
+            reads,
             leader,
             replica_sets_cleaned,
         }
@@ -116,6 +126,15 @@ impl Metrics {
     /// Counts one API write of `kind`.
     pub fn wrote(&self, kind: &str) {
         self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one API read (GET or LIST) of `kind`.
+    pub fn read(&self, kind: &str) {
+        self.reads
             .get_or_create(&WriteLabels {
                 kind: kind.to_owned(),
             })
@@ -162,6 +181,7 @@ mod tests {
         drop(m.reconcile_started());
         m.reconcile_failed(&crate::Error::MissingNamespace("x".into()));
         m.wrote("Deployment");
+        m.read("Secret");
         m.leader.set(1);
         m.replica_set_cleaned("BeyondHistoryLimit");
         let text = m.encode();
@@ -170,6 +190,7 @@ mod tests {
             "swappo_operator_reconcile_errors_total{kind=\"missing_namespace\"} 1",
             "swappo_operator_reconcile_duration_seconds_count 1",
             "swappo_operator_api_writes_total{kind=\"Deployment\"} 1",
+            "swappo_operator_api_reads_total{kind=\"Secret\"} 1",
             "swappo_operator_leader 1",
             "swappo_operator_stale_replica_sets_deleted_total{reason=\"BeyondHistoryLimit\"} 1",
         ] {

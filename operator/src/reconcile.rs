@@ -19,14 +19,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -67,6 +67,36 @@ impl Default for Settings {
     }
 }
 
+/// Watch caches of the objects the operator owns (selected by its `managed-by` label) and of
+/// the watched namespaces' ReplicaSets, filled by the controller's own watches (the same
+/// streams that trigger reconciles). A reconcile reads them first and goes to the API server
+/// only on a miss, or when the cached copy differs from its decision: then a live read
+/// confirms before anything is written, so a cache that lags never causes a write or an
+/// Event. In a steady state a reconcile reads none of its owned objects from the server.
+#[derive(Clone)]
+pub struct Caches {
+    /// Secrets the operator owns (its credentials Secrets).
+    pub secrets: Store<Secret>,
+    /// Broker ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Broker volume claims.
+    pub claims: Store<PersistentVolumeClaim>,
+    /// Broker Deployments.
+    pub deployments: Store<Deployment>,
+    /// Broker Services.
+    pub services: Store<Service>,
+    /// Every ReplicaSet in the watched namespaces (the clean-up's first look).
+    pub replica_sets: Store<ReplicaSet>,
+}
+
+/// `name` in `ns` from `cache`, if the cache holds it.
+pub fn cached<K>(cache: Option<&Store<K>>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    cache?.get(&ObjectRef::new(name).within(ns))
+}
+
 /// What every reconcile shares.
 pub struct Context {
     /// API client.
@@ -77,6 +107,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
+    /// The watch caches, once [`run_controller`] has started the watches.
+    pub caches: OnceLock<Caches>,
     failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
 }
 
@@ -92,6 +124,7 @@ impl Context {
             client,
             metrics,
             settings,
+            caches: OnceLock::new(),
             failures: Mutex::default(),
         }
     }
@@ -184,24 +217,62 @@ impl<K> Applied<K> {
     }
 }
 
-/// Applies `desired` unless `observed` already has everything it sets.
-async fn ensure<K>(
+/// An observed object and where it came from.
+enum Seen<K> {
+    /// The watch cache's copy (as fresh as the last watch event).
+    Cached(Arc<K>),
+    /// A live read from the API server (`None`: it does not exist).
+    Live(Option<K>),
+}
+
+impl<K: Clone> Seen<K> {
+    /// The object, if it exists (as far as this observation knows).
+    fn current(&self) -> Option<K> {
+        match self {
+            Seen::Cached(k) => Some(K::clone(k)),
+            Seen::Live(k) => k.clone(),
+        }
+    }
+}
+
+/// `name` from the cache, else from the API server.
+async fn observe<K>(
     api: &Api<K>,
-    desired: &K,
-    observed: Option<K>,
+    cache: Option<&Store<K>>,
+    ns: &str,
+    name: &str,
     ctx: &Context,
-) -> Result<Applied<K>>
+) -> Result<Seen<K>>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + 'static,
+{
+    match cached(cache, ns, name) {
+        Some(k) => Ok(Seen::Cached(k)),
+        None => Ok(Seen::Live(get(api, name, ctx).await?)),
+    }
+}
+
+/// Applies `desired` unless the observed object already has everything it sets. A cached
+/// observation that differs is confirmed by a live read first (the cache may lag behind).
+async fn ensure<K>(api: &Api<K>, desired: &K, seen: Seen<K>, ctx: &Context) -> Result<Applied<K>>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug + 'static,
 {
     let kind = K::kind(&());
     let name = desired.meta().name.clone().unwrap_or_default();
-    let differs = needs_apply(desired, observed.as_ref()).map_err(|source| Error::Serialize {
-        what: format!("{kind} {name}"),
-        source,
-    })?;
+    let differs = |observed: Option<&K>| {
+        needs_apply(desired, observed).map_err(|source| Error::Serialize {
+            what: format!("{kind} {name}"),
+            source,
+        })
+    };
+    let observed = match seen {
+        Seen::Cached(k) if !differs(Some(&k))? => return Ok(Applied::Unchanged(K::clone(&k))),
+        Seen::Cached(_) => get(api, &name, ctx).await?,
+        Seen::Live(k) => k,
+    };
     match observed {
-        Some(current) if !differs => Ok(Applied::Unchanged(current)),
+        Some(current) if !differs(Some(&current))? => Ok(Applied::Unchanged(current)),
         observed => {
             let applied = api
                 .patch(
@@ -238,10 +309,12 @@ async fn report<K: Resource<DynamicType = ()>>(
         .await;
 }
 
-async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+/// A live read of `name`, counted in the reads metric.
+async fn get<K>(api: &Api<K>, name: &str, ctx: &Context) -> Result<Option<K>>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
+    ctx.metrics.read(&K::kind(&()));
     api.get_opt(name)
         .await
         .map_err(Error::kube(format!("get {} {name}", K::kind(&()))))
@@ -253,6 +326,7 @@ async fn credentials(
     secrets: &Api<Secret>,
     own: Option<&Secret>,
     names: &Names,
+    ctx: &Context,
 ) -> Result<(Option<Credentials>, CredentialsState)> {
     let managed = sm.is_managed();
     let Some(user_secret) = &sm.spec.broker.credentials_secret else {
@@ -266,7 +340,9 @@ async fn credentials(
         };
         return Ok((Some(creds), state));
     };
-    let Some(source) = get(secrets, user_secret).await? else {
+    // The user's Secret is not the operator's (no managed-by label, so not in the caches):
+    // read live, so a changed password shows at the next reconcile.
+    let Some(source) = get(secrets, user_secret, ctx).await? else {
         return Ok((None, CredentialsState::SecretNotFound(user_secret.clone())));
     };
     let incomplete = |key: &str| CredentialsState::SecretIncomplete {
@@ -314,24 +390,47 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     let names = Names::of(sm);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
-    let own_secret = get(&secrets, &names.secret).await?;
+    let caches = ctx.caches.get();
+    // A cached copy is as good as a live read for the password: it only changes when the
+    // Secret is deleted or edited, and the watch brings that within moments.
+    let own_secret = observe(
+        &secrets,
+        caches.map(|c| &c.secrets),
+        &ns,
+        &names.secret,
+        ctx,
+    )
+    .await?
+    .current();
     let regenerated = sm.spec.broker.credentials_secret.is_none()
         && own_secret
             .as_ref()
             .and_then(|s| Credentials::from_secret(s, sm.is_managed()))
             .is_none();
-    let (creds, credentials_state) = credentials(sm, &secrets, own_secret.as_ref(), &names).await?;
+    let (creds, credentials_state) =
+        credentials(sm, &secrets, own_secret.as_ref(), &names, ctx).await?;
     let endpoint = Endpoint::of(sm);
     if let Some(creds) = &creds {
         let desired = credentials_secret(sm, creds, &endpoint);
-        let applied = ensure(&secrets, &desired, own_secret, ctx).await?;
+        let seen = match own_secret {
+            Some(s) => Seen::Cached(Arc::new(s)),
+            None => Seen::Live(None),
+        };
+        let applied = ensure(&secrets, &desired, seen, ctx).await?;
         report(ctx, sm, &applied).await;
     }
 
     let mut broker_pods = None;
     if sm.is_managed() {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let cm = get(&config_maps, &names.config_map).await?;
+        let cm = observe(
+            &config_maps,
+            caches.map(|c| &c.config_maps),
+            &ns,
+            &names.config_map,
+            ctx,
+        )
+        .await?;
         report(
             ctx,
             sm,
@@ -341,9 +440,10 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
 
         // Created once: a claim's spec is immutable but for growing, which is a manual step.
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        if get(&claims, &names.pvc).await?.is_none() {
+        let claim = observe(&claims, caches.map(|c| &c.claims), &ns, &names.pvc, ctx).await?;
+        if claim.current().is_none() {
             let pvc = broker::pvc(sm);
-            claims
+            let created = claims
                 .create(
                     &PostParams {
                         field_manager: Some(MANAGER.into()),
@@ -351,18 +451,34 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
                     },
                     &pvc,
                 )
-                .await
-                .map_err(Error::kube(format!(
-                    "create PersistentVolumeClaim {}",
-                    names.pvc
-                )))?;
-            ctx.metrics.wrote("PersistentVolumeClaim");
-            report(ctx, sm, &Applied::Created(pvc)).await;
+                .await;
+            match created {
+                Ok(_) => {
+                    ctx.metrics.wrote("PersistentVolumeClaim");
+                    report(ctx, sm, &Applied::Created(pvc)).await;
+                }
+                // Created meanwhile (by a previous reconcile whose result the cache had not
+                // seen yet): nothing to do.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => {
+                    return Err(Error::Kube {
+                        action: format!("create PersistentVolumeClaim {}", names.pvc),
+                        source: e,
+                    });
+                }
+            }
         }
 
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let current = get(&deployments, &names.deployment).await?;
-        if regenerated && current.is_some() {
+        let current = observe(
+            &deployments,
+            caches.map(|c| &c.deployments),
+            &ns,
+            &names.deployment,
+            ctx,
+        )
+        .await?;
+        if regenerated && current.current().is_some() {
             // RabbitMQ applies default_user only to an empty data directory: a broker that
             // already ran keeps its old user, and the new credentials will be refused.
             let note = format!(
@@ -382,7 +498,14 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
         broker_pods = Some((status.available_replicas.unwrap_or(0), wanted));
 
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let svc = get(&services, &names.service).await?;
+        let svc = observe(
+            &services,
+            caches.map(|c| &c.services),
+            &ns,
+            &names.service,
+            ctx,
+        )
+        .await?;
         report(
             ctx,
             sm,
@@ -474,7 +597,8 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
 /// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
 /// clean-up, retried next time.
 async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
-    match crate::cleanup::clean(&ctx.client, sm, ns).await {
+    let cache = ctx.caches.get().map(|c| &c.replica_sets);
+    match crate::cleanup::clean(&ctx.client, sm, ns, cache, &ctx.metrics).await {
         Ok(deleted) if deleted.is_empty() => None,
         Ok(deleted) => {
             for d in &deleted {
@@ -511,8 +635,31 @@ async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Op
     }
 }
 
-/// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all)
-/// and the objects it owns (selected by the `managed-by` label).
+/// A watch of `api` that fills a cache as it goes: the stream of touched objects (for the
+/// controller's triggers) and the cache's reader. Managed fields are dropped before caching:
+/// nothing reads them, and they are a good part of each object's size.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
+    Store<K>,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (stream, reader)
+}
+
+/// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all),
+/// the objects it owns (selected by the `managed-by` label) and ReplicaSets, each watch also
+/// filling the [`Caches`] the reconciler reads.
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
@@ -528,26 +675,47 @@ pub async fn run_controller(
         }
     }
     let client = &ctx.client;
-    let scaler = crate::scaler::run(ctx.clone(), namespace.map(str::to_owned), shutdown.clone());
     let owned = watcher::Config::default().labels(&managed_by_selector());
+    let (secrets, secrets_cache) = reflected(api::<Secret>(client, namespace), owned.clone());
+    let (config_maps, config_maps_cache) =
+        reflected(api::<ConfigMap>(client, namespace), owned.clone());
+    let (claims, claims_cache) = reflected(
+        api::<PersistentVolumeClaim>(client, namespace),
+        owned.clone(),
+    );
+    let (deployments, deployments_cache) =
+        reflected(api::<Deployment>(client, namespace), owned.clone());
+    let (services, services_cache) = reflected(api::<Service>(client, namespace), owned);
+    let (replica_sets, replica_sets_cache) = reflected(
+        api::<ReplicaSet>(client, namespace),
+        watcher::Config::default(),
+    );
+    // Set once: a second controller on the same context keeps the first one's caches.
+    let _ = ctx.caches.set(Caches {
+        secrets: secrets_cache,
+        config_maps: config_maps_cache,
+        claims: claims_cache,
+        deployments: deployments_cache,
+        services: services_cache,
+        replica_sets: replica_sets_cache,
+    });
     let base = Controller::new(
         api::<SwappoMessaging>(client, namespace),
         watcher::Config::default(),
     );
+    let instances = base.store();
+    let scaler = crate::scaler::run(ctx.clone(), base.store(), shutdown.clone());
     // ReplicaSet changes (a rollout finishing, a set scaled by hand, an orphan appearing)
     // reconcile the instances that manage their Deployment or whose labels they carry.
-    let instances = base.store();
     let controller = base
-        .watches(
-            api::<ReplicaSet>(client, namespace),
-            watcher::Config::default(),
-            move |rs| crate::cleanup::concerned(&rs, &instances),
-        )
-        .owns(api::<Deployment>(client, namespace), owned.clone())
-        .owns(api::<Service>(client, namespace), owned.clone())
-        .owns(api::<ConfigMap>(client, namespace), owned.clone())
-        .owns(api::<Secret>(client, namespace), owned.clone())
-        .owns(api::<PersistentVolumeClaim>(client, namespace), owned)
+        .watches_stream(replica_sets, move |rs| {
+            crate::cleanup::concerned(&rs, &instances)
+        })
+        .owns_stream(deployments)
+        .owns_stream(services)
+        .owns_stream(config_maps)
+        .owns_stream(secrets)
+        .owns_stream(claims)
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())

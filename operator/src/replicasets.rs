@@ -112,14 +112,87 @@ pub struct Stale {
 pub struct Observation<'a> {
     /// The Deployments this instance manages or scales, in the namespace observed.
     pub managed: &'a [Deployment],
-    /// UIDs of every Deployment that exists in the namespace (managed or not).
+    /// UIDs of the Deployments known to exist: the managed ones and the owners named by
+    /// [`Needs::owners_to_look_up`] that were found (more are harmless).
     pub existing_deployment_uids: &'a BTreeSet<String>,
-    /// Every ReplicaSet in the namespace.
+    /// The ReplicaSets that may concern this instance: those selected by a managed
+    /// Deployment's selector or carrying the instance's labels (more are harmless: a set
+    /// neither controlled by a managed Deployment nor labelled is never named).
     pub replica_sets: &'a [ReplicaSet],
     /// The pods of those ReplicaSets.
     pub pods: &'a [Pod],
     /// The labels that mark an object as this instance's (all must match).
     pub instance_labels: &'a BTreeMap<String, String>,
+}
+
+/// What the verdict needs read beyond the managed Deployments and the ReplicaSets, decided
+/// from them so the I/O stays proportional to this instance's own objects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Owner Deployments (by name) whose existence decides case (b): the controllers of
+    /// labelled ReplicaSets that are not managed Deployments.
+    pub owners_to_look_up: BTreeSet<String>,
+    /// Whether the pods must be read: only a managed Deployment controlling more than one
+    /// ReplicaSet can have an old revision to judge, and only then does the current
+    /// revision's pod readiness matter.
+    pub pods: bool,
+}
+
+/// Whether these ReplicaSets (a watch cache's view of the namespace) could hold anything
+/// stale for the instance managing `managed_names` and labelled `instance_labels`: a managed
+/// Deployment (by name) controlling more than one set (an old revision), or a set carrying
+/// the instance's labels that no managed Deployment controls (case (b)). When false the
+/// clean-up has nothing to judge and reads nothing from the API server. Pure: no I/O.
+pub fn worth_a_look<'a>(
+    managed_names: &BTreeSet<String>,
+    replica_sets: impl IntoIterator<Item = &'a ReplicaSet>,
+    instance_labels: &BTreeMap<String, String>,
+) -> bool {
+    let mut per_managed: BTreeMap<String, usize> = BTreeMap::new();
+    for rs in replica_sets {
+        if rs.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let owner = controller_deployment(&rs.metadata).map(|o| o.name);
+        match owner {
+            Some(name) if managed_names.contains(&name) => {
+                let n = per_managed.entry(name).or_default();
+                *n += 1;
+                if *n > 1 {
+                    return true;
+                }
+            }
+            _ if carries_labels(&rs.metadata, instance_labels) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// [`Needs`] for these observations. Pure: no I/O.
+pub fn needs(
+    managed: &[Deployment],
+    replica_sets: &[ReplicaSet],
+    instance_labels: &BTreeMap<String, String>,
+) -> Needs {
+    let managed_uids: BTreeSet<&str> = managed
+        .iter()
+        .filter_map(|d| d.metadata.uid.as_deref())
+        .collect();
+    let mut out = Needs::default();
+    let mut per_managed: BTreeMap<String, usize> = BTreeMap::new();
+    for rs in replica_sets {
+        let Some(owner) = controller_deployment(&rs.metadata) else {
+            continue;
+        };
+        if managed_uids.contains(owner.uid.as_str()) {
+            *per_managed.entry(owner.uid).or_default() += 1;
+        } else if carries_labels(&rs.metadata, instance_labels) {
+            out.owners_to_look_up.insert(owner.name);
+        }
+    }
+    out.pods = per_managed.values().any(|n| *n > 1);
+    out
 }
 
 /// Names each stale ReplicaSet and why, in name order. Pure: no I/O.
@@ -586,6 +659,67 @@ mod tests {
         let mut rs = replica_set("gone-abc", by("gone"), 1, 1, 1);
         rs.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert!(judge(&[], &[], &[rs], &[]).is_empty());
+    }
+
+    #[test]
+    fn pods_are_needed_only_when_a_managed_deployment_has_an_old_revision() {
+        let d = deployment("broker", 2, 1, 1);
+        let one = [replica_set("broker-new", by("broker"), 2, 1, 1)];
+        let labels = instance_labels();
+        assert_eq!(
+            needs(std::slice::from_ref(&d), &one, &labels),
+            Needs::default()
+        );
+        let two = [
+            replica_set("broker-old", by("broker"), 1, 0, 0),
+            replica_set("broker-new", by("broker"), 2, 1, 1),
+        ];
+        assert!(needs(std::slice::from_ref(&d), &two, &labels).pods);
+        // Two sets of a Deployment that is not managed: no revision of ours to judge.
+        let foreign = [
+            unlabelled(replica_set("web-1", by("web"), 1, 0, 0)),
+            unlabelled(replica_set("web-2", by("web"), 2, 1, 1)),
+        ];
+        assert_eq!(needs(&[d], &foreign, &labels), Needs::default());
+    }
+
+    #[test]
+    fn the_owners_of_labelled_sets_outside_the_managed_deployments_are_looked_up() {
+        let d = deployment("broker", 1, 1, 1);
+        let rss = [
+            replica_set("broker-1", by("broker"), 1, 1, 1),
+            replica_set("old-broker-1", by("old-broker"), 1, 1, 1),
+            unlabelled(replica_set("web-1", by("web"), 1, 1, 1)),
+            replica_set("orphan", None, 1, 1, 1),
+        ];
+        let n = needs(&[d], &rss, &instance_labels());
+        assert_eq!(
+            n.owners_to_look_up.into_iter().collect::<Vec<_>>(),
+            ["old-broker"]
+        );
+        assert!(!n.pods);
+    }
+
+    #[test]
+    fn a_first_look_in_the_cache_finds_old_revisions_and_orphans_only() {
+        let labels = instance_labels();
+        let managed: BTreeSet<String> = ["broker".to_string()].into();
+        let current = replica_set("broker-2", by("broker"), 2, 1, 1);
+        let old = replica_set("broker-1", by("broker"), 1, 0, 0);
+        let foreign = unlabelled(replica_set("web-1", by("web"), 1, 1, 1));
+        let foreign_old = unlabelled(replica_set("web-0", by("web"), 0, 0, 0));
+        assert!(!worth_a_look(
+            &managed,
+            [&current, &foreign, &foreign_old],
+            &labels
+        ));
+        assert!(worth_a_look(&managed, [&current, &old], &labels));
+        // Labelled, but its owner is not (or no longer) a managed Deployment: case (b).
+        let orphan = replica_set("gone-1", by("gone"), 1, 1, 1);
+        assert!(worth_a_look(&managed, [&current, &orphan], &labels));
+        let mut leaving = old.clone();
+        leaving.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert!(!worth_a_look(&managed, [&current, &leaving], &labels));
     }
 
     #[test]

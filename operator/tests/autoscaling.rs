@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -171,27 +172,31 @@ async fn a_backlog_scales_the_consumer_up_at_once_and_down_only_after_the_delay(
         .unwrap();
     eprintln!("status at scale-up: {:?}", status.consumers);
 
-    // Drain with a local consumer; replicas must hold at 5 for the whole 10 s delay.
+    // Drain with a local consumer; replicas must hold at 5 for the whole 10 s delay. Manual
+    // acks: a message counts in the depth (as unacked) until this test has acked it, so the
+    // operator cannot see the queue empty before `drained_at` (with no-ack the broker empties
+    // it at once and a loaded test process reads its socket seconds later).
     let drain = conn.create_channel().await.unwrap();
     let mut deliveries = drain
         .basic_consume(
             queue.as_str().into(),
             "drainer".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
+            BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
     let mut drained = 0;
     while drained < 5000 {
-        tokio::time::timeout(WAIT, deliveries.next())
+        let delivery = tokio::time::timeout(WAIT, deliveries.next())
             .await
             .expect("messages keep coming")
             .expect("the consumer stays open")
             .expect("a delivery");
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("the ack is sent");
         drained += 1;
     }
     let drained_at = Instant::now();

@@ -203,6 +203,31 @@ impl Management {
         }
     }
 
+    /// Deletes `kind` (`queues` or `exchanges`) `name` in `vhost`; a missing one is not an error.
+    async fn delete_entity(&self, kind: &str, vhost: &str, name: &str) -> Result<(), Error> {
+        let req =
+            self.client
+                .delete(self.url(&format!("/api/{kind}/{}/{}", enc(vhost), enc(name))));
+        match self.send(req, &format!("delete {kind}")).await {
+            Err(Error::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Deletes queue `name` in `vhost` (for tests that must use a shared vhost such as `/`);
+    /// a missing queue is not an error.
+    pub async fn delete_queue(&self, vhost: &str, name: &str) -> Result<(), Error> {
+        self.delete_entity("queues", vhost, name).await
+    }
+
+    /// Deletes exchange `name` in `vhost`; a missing exchange is not an error.
+    pub async fn delete_exchange(&self, vhost: &str, name: &str) -> Result<(), Error> {
+        self.delete_entity("exchanges", vhost, name).await
+    }
+
     /// The queue's counts, or `None` when it does not exist.
     pub async fn queue(&self, vhost: &str, name: &str) -> Result<Option<QueueInfo>, Error> {
         let req = self

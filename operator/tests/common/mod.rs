@@ -150,10 +150,14 @@ pub struct Process {
 }
 
 impl Process {
-    /// Spawns `swappo-operator` with `args`, JSON logs, filter `log_filter`.
+    /// Spawns `swappo-operator` with `args`, JSON logs, filter `log_filter`: the binary at
+    /// `$SWAPPO_OPERATOR_BIN` when set (the benchmarks' release build), else this package's.
     pub fn spawn(identity: &str, log_filter: &str, args: &[&str]) -> Self {
         let kubeconfig = kubeconfig_path();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_swappo-operator"))
+        let binary = std::env::var_os("SWAPPO_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_swappo-operator")));
+        let mut child = Command::new(binary)
             .args(args)
             .args([
                 "--http-addr",
@@ -190,6 +194,11 @@ impl Process {
             log,
             identity: identity.to_owned(),
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything it logged so far.
