@@ -10,7 +10,11 @@ use crate::builders::{MANAGER, Names, label};
 use crate::crd::SwappoMessaging;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::replicasets::{Observation, Stale, needs, stale_replica_sets, worth_a_look};
+use crate::reconcile::Caches;
+use crate::replicasets::{
+    DEFAULT_HISTORY_LIMIT, Observation, Stale, needs, stale_replica_sets, worth_a_look,
+};
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -122,31 +126,49 @@ where
 /// and the owner Deployments of labelled sets. A ReplicaSet already gone, or replaced under
 /// the same name (UID precondition failed), is skipped silently: someone else cleaned it.
 ///
-/// With `cache` (the controller's ReplicaSet watch), a first look there decides whether to
+/// With `caches` (the controller's watches), a first look there decides whether to
 /// read at all ([`worth_a_look`]): in a steady state nothing is read. Deletions are always
 /// decided on live reads.
 pub async fn clean(
     client: &Client,
     sm: &SwappoMessaging,
     ns: &str,
-    cache: Option<&Store<ReplicaSet>>,
+    caches: Option<&Caches>,
     metrics: &Metrics,
 ) -> Result<Vec<Deleted>> {
     if !sm.spec.cleanup.stale_replica_sets {
         return Ok(Vec::new());
     }
     let labels = instance_labels(sm);
-    if let Some(cache) = cache {
-        let in_ns: Vec<_> = cache
+    let names = managed_deployment_names(sm);
+    // A cache still loading its first list would hide everything: read live meanwhile.
+    let loaded = |c: &&Caches| {
+        c.replica_sets
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+    };
+    if let Some(caches) = caches.filter(loaded) {
+        // History limits known from the cache (the broker's Deployment is the operator's);
+        // a consumer's Deployment is not cached, so its limit is unknown.
+        let limits: BTreeMap<String, i32> = names
+            .iter()
+            .filter_map(|name| {
+                let d = caches.deployments.get(&ObjectRef::new(name).within(ns))?;
+                let limit = d
+                    .spec
+                    .revision_history_limit
+                    .unwrap_or(DEFAULT_HISTORY_LIMIT);
+                Some((name.clone(), limit))
+            })
+            .collect();
+        let in_ns: Vec<_> = caches
+            .replica_sets
             .state()
             .into_iter()
             .filter(|rs| rs.namespace().as_deref() == Some(ns))
             .collect();
-        if !worth_a_look(
-            &managed_deployment_names(sm),
-            in_ns.iter().map(AsRef::as_ref),
-            &labels,
-        ) {
+        if !worth_a_look(&names, &limits, in_ns.iter().map(AsRef::as_ref), &labels) {
             return Ok(Vec::new());
         }
     }
@@ -154,7 +176,7 @@ pub async fn clean(
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut managed = Vec::new();
-    for name in managed_deployment_names(sm) {
+    for name in names {
         metrics.read("Deployment");
         if let Some(d) = deployments
             .get_opt(&name)
@@ -247,11 +269,18 @@ const COUNT_ATTEMPTS: u32 = 5;
 /// Adds `n` to `status.replicaSetsCleaned` of `ns/name`, read fresh and written under a
 /// `resourceVersion` precondition (retried on conflict), so no deletion is counted twice or
 /// lost to a write from a stale copy. Returns the new total.
-pub async fn count_cleaned(client: &Client, ns: &str, name: &str, n: u64) -> Result<u64> {
+pub async fn count_cleaned(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    n: u64,
+    metrics: &Metrics,
+) -> Result<u64> {
     let api: Api<SwappoMessaging> = Api::namespaced(client.clone(), ns);
     let mut attempt = 0;
     loop {
         attempt += 1;
+        metrics.read("SwappoMessaging");
         let current = api
             .get(name)
             .await

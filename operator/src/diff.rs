@@ -1,6 +1,6 @@
 //! Does an object need applying? The desired object (as built, serialized) is compared with
 //! the observed one: when every field the operator sets already has its value, nothing is
-//! sent, so a steady state costs reads only. Fields the API server or others add (defaults,
+//! sent, so a steady state writes nothing (and reads its objects from the watch caches). Fields the API server or others add (defaults,
 //! status, managedFields) are ignored; a field changed or removed means apply (drift repair).
 use serde::Serialize;
 use serde_json::Value;

@@ -20,7 +20,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -159,6 +159,28 @@ impl Context {
         } else {
             self.metrics.wrote("Event");
         }
+    }
+}
+
+/// The delay before deciding again when the status write met a newer version of the
+/// resource (a conflict is not a failure: no backoff, no Warning Event).
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
+
+/// When to look again after a successful reconcile: at the recheck interval while the broker
+/// is ready, and also while a managed broker's pods are not ready (the Deployment's watch
+/// brings their change; polling at the retry interval would only add load: 1000 brokers
+/// starting together would mean 100 reconciles per second for nothing); at the retry interval
+/// otherwise (an AMQP login failing has no watch to wake the operator).
+pub fn requeue_after(
+    broker_ready: bool,
+    broker_pods: Option<(i32, i32)>,
+    settings: &Settings,
+) -> Duration {
+    let waiting_for_pods = broker_pods.is_some_and(|(ready, _)| ready < 1);
+    if broker_ready || waiting_for_pods {
+        settings.recheck
+    } else {
+        settings.retry
     }
 }
 
@@ -391,17 +413,25 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
     let caches = ctx.caches.get();
-    // A cached copy is as good as a live read for the password: it only changes when the
-    // Secret is deleted or edited, and the watch brings that within moments.
-    let own_secret = observe(
+    // A complete cached copy is as good as a live read: the password only changes when the
+    // Secret is edited, and the watch brings that within moments. Anything that would make
+    // the operator generate credentials or a cookie (missing, incomplete) is confirmed live
+    // first: a lagging cache must never replace a good Secret.
+    let seen = observe(
         &secrets,
         caches.map(|c| &c.secrets),
         &ns,
         &names.secret,
         ctx,
     )
-    .await?
-    .current();
+    .await?;
+    let seen = match seen {
+        Seen::Cached(s) if Credentials::from_secret(&s, sm.is_managed()).is_none() => {
+            Seen::Live(get(&secrets, &names.secret, ctx).await?)
+        }
+        seen => seen,
+    };
+    let own_secret = seen.current();
     let regenerated = sm.spec.broker.credentials_secret.is_none()
         && own_secret
             .as_ref()
@@ -412,10 +442,6 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     let endpoint = Endpoint::of(sm);
     if let Some(creds) = &creds {
         let desired = credentials_secret(sm, creds, &endpoint);
-        let seen = match own_secret {
-            Some(s) => Seen::Cached(Arc::new(s)),
-            None => Seen::Live(None),
-        };
         let applied = ensure(&secrets, &desired, seen, ctx).await?;
         report(ctx, sm, &applied).await;
     }
@@ -558,23 +584,40 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
     }
     if sm.status.as_ref() != Some(&status) {
         let api: Api<SwappoMessaging> = Api::namespaced(client, &ns);
-        let mut patch = serde_json::json!({ "status": status });
+        // Under the resourceVersion this reconcile read: the autoscaler writes its fields of
+        // the status too, and a status computed from an older copy must not set them back.
+        let mut patch = serde_json::json!({
+            "metadata": {"resourceVersion": sm.resource_version()},
+            "status": status,
+        });
         // The clean-up count is written only by `cleanup::count_cleaned` (from a fresh read,
         // under a resourceVersion precondition): a status computed from a stale cached object
         // must not set it back.
         if let Some(s) = patch["status"].as_object_mut() {
             s.remove("replicaSetsCleaned");
         }
-        api.patch_status(
-            &sm.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "patch status of SwappoMessaging {}",
-            sm.name_any()
-        )))?;
+        match api
+            .patch_status(
+                &sm.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Someone wrote first (the autoscaler, the clean-up count): the change reaches the
+            // controller as a new version, and this decision is taken again on it shortly.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!("the resource changed while reconciling; again on the new version");
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("patch status of SwappoMessaging {}", sm.name_any()),
+                    source,
+                });
+            }
+        }
         ctx.metrics.wrote("SwappoMessaging/status");
         for t in transitions(sm.status.as_ref(), &status) {
             info!(reason = %t.reason, "{}", t.note);
@@ -585,11 +628,11 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
         .conditions
         .iter()
         .any(|c| c.type_ == condition::BROKER_READY && c.status == "True");
-    Ok(Action::requeue(if broker_ready {
-        ctx.settings.recheck
-    } else {
-        ctx.settings.retry
-    }))
+    Ok(Action::requeue(requeue_after(
+        broker_ready,
+        observed.broker_pods,
+        &ctx.settings,
+    )))
 }
 
 /// Deletes the stale ReplicaSets ([`crate::cleanup`]), with an Event and a metric count per
@@ -597,8 +640,7 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
 /// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
 /// clean-up, retried next time.
 async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
-    let cache = ctx.caches.get().map(|c| &c.replica_sets);
-    match crate::cleanup::clean(&ctx.client, sm, ns, cache, &ctx.metrics).await {
+    match crate::cleanup::clean(&ctx.client, sm, ns, ctx.caches.get(), &ctx.metrics).await {
         Ok(deleted) if deleted.is_empty() => None,
         Ok(deleted) => {
             for d in &deleted {
@@ -614,7 +656,9 @@ async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Op
                     .await;
             }
             let n = deleted.len() as u64;
-            match crate::cleanup::count_cleaned(&ctx.client, ns, &sm.name_any(), n).await {
+            match crate::cleanup::count_cleaned(&ctx.client, ns, &sm.name_any(), n, &ctx.metrics)
+                .await
+            {
                 Ok(total) => {
                     ctx.metrics.wrote("SwappoMessaging/status");
                     Some(total)
@@ -635,12 +679,26 @@ async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Op
     }
 }
 
-/// A watch of `api` that fills a cache as it goes: the stream of touched objects (for the
-/// controller's triggers) and the cache's reader. Managed fields are dropped before caching:
-/// nothing reads them, and they are a good part of each object's size.
+/// Drops what no reader of the caches needs: managed fields (a good part of every object's
+/// size).
+fn trim<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// [`trim`], and a ReplicaSet's pod template: the clean-up's first look and the mapping of
+/// ReplicaSet events to instances read only metadata, replica counts and owners, and the
+/// template is most of a ReplicaSet (every ReplicaSet in the watched namespaces is cached).
+fn trim_replica_set(rs: &mut ReplicaSet) {
+    trim(rs);
+    rs.spec.template = None;
+}
+
+/// A watch of `api` that fills a cache as it goes, each object passed through `trim` first:
+/// the stream of touched objects (for the controller's triggers) and the cache's reader.
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
 ) -> (
     impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
     Store<K>,
@@ -651,7 +709,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(trim)
         .reflect(writer)
         .touched_objects();
     (stream, reader)
@@ -676,21 +734,23 @@ pub async fn run_controller(
     }
     let client = &ctx.client;
     let owned = watcher::Config::default().labels(&managed_by_selector());
-    let (secrets, secrets_cache) = reflected(api::<Secret>(client, namespace), owned.clone());
+    let (secrets, secrets_cache) = reflected(api::<Secret>(client, namespace), owned.clone(), trim);
     let (config_maps, config_maps_cache) =
-        reflected(api::<ConfigMap>(client, namespace), owned.clone());
+        reflected(api::<ConfigMap>(client, namespace), owned.clone(), trim);
     let (claims, claims_cache) = reflected(
         api::<PersistentVolumeClaim>(client, namespace),
         owned.clone(),
+        trim,
     );
     let (deployments, deployments_cache) =
-        reflected(api::<Deployment>(client, namespace), owned.clone());
-    let (services, services_cache) = reflected(api::<Service>(client, namespace), owned);
+        reflected(api::<Deployment>(client, namespace), owned.clone(), trim);
+    let (services, services_cache) = reflected(api::<Service>(client, namespace), owned, trim);
     let (replica_sets, replica_sets_cache) = reflected(
         api::<ReplicaSet>(client, namespace),
         watcher::Config::default(),
+        trim_replica_set,
     );
-    // Set once: a second controller on the same context keeps the first one's caches.
+    // One controller per context (per process): set once.
     let _ = ctx.caches.set(Caches {
         secrets: secrets_cache,
         config_maps: config_maps_cache,
@@ -699,12 +759,21 @@ pub async fn run_controller(
         services: services_cache,
         replica_sets: replica_sets_cache,
     });
-    let base = Controller::new(
+    let (resources, writer) = reflector::store();
+    let trigger = watcher(
         api::<SwappoMessaging>(client, namespace),
         watcher::Config::default(),
-    );
-    let instances = base.store();
-    let scaler = crate::scaler::run(ctx.clone(), base.store(), shutdown.clone());
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects()
+    // Only a new resource or a spec change calls for a reconcile: the status writes of the
+    // operator's own loops (reconciler, autoscaler, clean-up count) would otherwise each cost
+    // one more (several per resource while 1000 of them start).
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let base = Controller::for_stream(trigger, resources.clone());
+    let instances = resources.clone();
+    let scaler = crate::scaler::run(ctx.clone(), resources, shutdown.clone());
     // ReplicaSet changes (a rollout finishing, a set scaled by hand, an orphan appearing)
     // reconcile the instances that manage their Deployment or whose labels they carry.
     let controller = base
@@ -732,6 +801,16 @@ pub async fn run_controller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_broker_with_ready_pods_that_does_not_answer_is_polled_at_the_retry_interval() {
+        let s = Settings::default();
+        assert_eq!(requeue_after(true, Some((1, 1)), &s), s.recheck);
+        assert_eq!(requeue_after(true, None, &s), s.recheck);
+        assert_eq!(requeue_after(false, Some((0, 1)), &s), s.recheck);
+        assert_eq!(requeue_after(false, Some((1, 1)), &s), s.retry);
+        assert_eq!(requeue_after(false, None, &s), s.retry);
+    }
 
     #[test]
     fn failures_back_off_from_five_seconds_to_five_minutes() {

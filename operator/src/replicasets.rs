@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
 /// Kubernetes' default `revisionHistoryLimit` when the Deployment does not set one.
-const DEFAULT_HISTORY_LIMIT: i32 = 10;
+pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
 
 /// Why a ReplicaSet is stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,16 +139,22 @@ pub struct Needs {
 }
 
 /// Whether these ReplicaSets (a watch cache's view of the namespace) could hold anything
-/// stale for the instance managing `managed_names` and labelled `instance_labels`: a managed
-/// Deployment (by name) controlling more than one set (an old revision), or a set carrying
-/// the instance's labels that no managed Deployment controls (case (b)). When false the
-/// clean-up has nothing to judge and reads nothing from the API server. Pure: no I/O.
+/// stale for the instance managing `managed_names` and labelled `instance_labels`: an older
+/// revision of a managed Deployment still holding replicas (case (a)), more idle old
+/// revisions than the Deployment's history limit (case (c); `history_limits` has the limits
+/// known from the cache, an unknown one counts as 0 so any old revision is a reason to look),
+/// or a set carrying the instance's labels that no managed Deployment controls (case (b)).
+/// When false the clean-up has nothing to judge and reads nothing from the API server: the
+/// usual state after a rollout, with its old revisions scaled to 0 within the history
+/// limit. Pure: no I/O.
 pub fn worth_a_look<'a>(
     managed_names: &BTreeSet<String>,
+    history_limits: &BTreeMap<String, i32>,
     replica_sets: impl IntoIterator<Item = &'a ReplicaSet>,
     instance_labels: &BTreeMap<String, String>,
 ) -> bool {
-    let mut per_managed: BTreeMap<String, usize> = BTreeMap::new();
+    // (revision, replicas held) of each set, by managed Deployment.
+    let mut per_managed: BTreeMap<String, Vec<(i64, i32)>> = BTreeMap::new();
     for rs in replica_sets {
         if rs.metadata.deletion_timestamp.is_some() {
             continue;
@@ -156,17 +162,27 @@ pub fn worth_a_look<'a>(
         let owner = controller_deployment(&rs.metadata).map(|o| o.name);
         match owner {
             Some(name) if managed_names.contains(&name) => {
-                let n = per_managed.entry(name).or_default();
-                *n += 1;
-                if *n > 1 {
-                    return true;
+                if let Some(rev) = revision(&rs.metadata) {
+                    per_managed
+                        .entry(name)
+                        .or_default()
+                        .push((rev, held_replicas(rs)));
                 }
             }
             _ if carries_labels(&rs.metadata, instance_labels) => return true,
             _ => {}
         }
     }
-    false
+    per_managed.iter().any(|(name, sets)| {
+        let newest = sets.iter().map(|(rev, _)| *rev).max().unwrap_or(0);
+        let old: Vec<i32> = sets
+            .iter()
+            .filter(|(rev, _)| *rev < newest)
+            .map(|(_, held)| *held)
+            .collect();
+        let limit = history_limits.get(name).copied().unwrap_or(0).max(0) as usize;
+        old.iter().any(|held| *held > 0) || old.len() > limit
+    })
 }
 
 /// [`Needs`] for these observations. Pure: no I/O.
@@ -704,22 +720,32 @@ mod tests {
     fn a_first_look_in_the_cache_finds_old_revisions_and_orphans_only() {
         let labels = instance_labels();
         let managed: BTreeSet<String> = ["broker".to_string()].into();
+        let known = BTreeMap::from([("broker".to_string(), 10)]);
+        let unknown = BTreeMap::new();
         let current = replica_set("broker-2", by("broker"), 2, 1, 1);
-        let old = replica_set("broker-1", by("broker"), 1, 0, 0);
+        let idle_old = replica_set("broker-1", by("broker"), 1, 0, 0);
+        let holding_old = replica_set("broker-1", by("broker"), 1, 1, 1);
         let foreign = unlabelled(replica_set("web-1", by("web"), 1, 1, 1));
-        let foreign_old = unlabelled(replica_set("web-0", by("web"), 0, 0, 0));
-        assert!(!worth_a_look(
-            &managed,
-            [&current, &foreign, &foreign_old],
-            &labels
-        ));
-        assert!(worth_a_look(&managed, [&current, &old], &labels));
-        // Labelled, but its owner is not (or no longer) a managed Deployment: case (b).
+        let foreign_old = unlabelled(replica_set("web-0", by("web"), 0, 1, 1));
+        let look = |limits: &BTreeMap<String, i32>, sets: &[&ReplicaSet]| {
+            worth_a_look(&managed, limits, sets.iter().copied(), &labels)
+        };
+        assert!(!look(&known, &[&current, &foreign, &foreign_old]));
+        // The usual state after a rollout: the old revision idle, within the history limit.
+        assert!(!look(&known, &[&current, &idle_old]));
+        // (c) with an unknown limit: it might be 0, so look.
+        assert!(look(&unknown, &[&current, &idle_old]));
+        // (a) an old revision still holding a pod.
+        assert!(look(&known, &[&current, &holding_old]));
+        // (c) more idle old revisions than the limit.
+        let tight = BTreeMap::from([("broker".to_string(), 0)]);
+        assert!(look(&tight, &[&current, &idle_old]));
+        // (b) labelled, but its owner is not (or no longer) a managed Deployment.
         let orphan = replica_set("gone-1", by("gone"), 1, 1, 1);
-        assert!(worth_a_look(&managed, [&current, &orphan], &labels));
-        let mut leaving = old.clone();
+        assert!(look(&known, &[&current, &orphan]));
+        let mut leaving = holding_old.clone();
         leaving.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert!(!worth_a_look(&managed, [&current, &leaving], &labels));
+        assert!(!look(&known, &[&current, &leaving]));
     }
 
     #[test]

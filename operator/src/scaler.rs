@@ -162,7 +162,8 @@ async fn broker_of(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Option<Brok
 /// interval), while a passive declare on the kept AMQP connection reads the ready count at
 /// once: the depth is the larger of management ready + unacked and AMQP ready, so a new
 /// backlog is seen at the next poll. Without the management API, the depth is AMQP ready only
-/// (no unacked, no rates), and the consumer status says so.
+/// (no unacked, no rates), and the consumer status says so. A resource without consumers has
+/// no kept connection: the management API alone, or while it is down, one connection per poll.
 async fn observe_queues(
     http: &reqwest::Client,
     broker: &Broker,
@@ -181,6 +182,14 @@ async fn observe_queues(
             .ok();
     }
     for q in &sm.spec.queues {
+        let management = queues::management_queue(http, broker, &q.name).await;
+        if !scaling && management.is_err() && amqp.is_none() {
+            // The management API is down: one AMQP connection for this poll, closed below.
+            *amqp = queues::connect(broker, "swappo-operator queue status")
+                .await
+                .map_err(|e| debug!(error = %e, "queue status: no AMQP connection"))
+                .ok();
+        }
         let fresh = match amqp.as_ref() {
             // Bounded like every broker call: a half-open connection must not stall the loop.
             Some(conn) => {
@@ -191,7 +200,7 @@ async fn observe_queues(
             }
             None => None,
         };
-        match queues::management_queue(http, broker, &q.name).await {
+        match management {
             Ok(status) => {
                 let depth = (status.ready + status.unacked).max(fresh.unwrap_or(0));
                 metrics.insert(
@@ -207,16 +216,7 @@ async fn observe_queues(
             }
             Err(e) => {
                 debug!(queue = %q.name, error = %e, "management API failed; AMQP depth only");
-                if !scaling {
-                    // Keep the last numbers rather than flap the status.
-                    if let Some(previous) = sm
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.queues.iter().find(|p| p.name == q.name))
-                    {
-                        statuses.push(previous.clone());
-                    }
-                } else if let Some(ready) = fresh {
+                if let Some(ready) = fresh {
                     metrics.insert(
                         q.name.clone(),
                         QueueMetrics {
@@ -234,6 +234,10 @@ async fn observe_queues(
                 }
             }
         }
+    }
+    if !scaling && let Some(conn) = amqp.take() {
+        let close = conn.close(200, "queue status read".into());
+        let _ = tokio::time::timeout(broker.timeout, close).await;
     }
     (metrics, statuses)
 }
@@ -279,6 +283,9 @@ async fn scale_one(
             .iter()
             .find(|p| p.deployment == c.deployment)
             .and_then(|p| p.last_scale_time.clone());
+        // A consumer's Deployment is the user's, not in the operator's caches: read live (its
+        // replicas are what the decision starts from).
+        ctx.metrics.read("Deployment");
         let deployment = match deployments.get_opt(&c.deployment).await {
             Ok(Some(d)) => d,
             Ok(None) => {
@@ -397,47 +404,131 @@ async fn scale_one(
                 .join(", "),
         }
     };
-    let mut status = previous.clone();
-    status.queues = queue_statuses;
-    status.depth = (!sm.spec.queues.is_empty())
-        .then(|| status.queues.iter().map(|q| q.ready + q.unacked).sum());
-    if sm.spec.consumers.is_empty() {
-        status.consumer_replicas = None;
-        status.consumers = Vec::new();
-    } else {
-        status.consumer_replicas = Some(consumers.iter().map(|c| c.replicas).sum());
-        status.consumers = consumers;
-        set_condition(
-            &mut status,
-            condition::CONSUMERS_SCALED,
-            &verdict,
-            sm.metadata.generation,
-            &stamp,
-        );
-    }
-    if status == previous {
-        return Ok(());
-    }
-    // Only the fields this loop owns, guarded by the resourceVersion read: a conflict with
-    // the reconciler's write is retried at the next tick.
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": sm.resource_version()},
-        "status": {
-            "queues": status.queues,
-            "consumers": status.consumers,
-            "depth": status.depth,
-            "consumerReplicas": status.consumer_replicas,
-            "conditions": status.conditions,
-        }
-    });
+    let ours = Observation {
+        queues: queue_statuses,
+        consumers: (!sm.spec.consumers.is_empty()).then_some((consumers, verdict)),
+        generation: sm.metadata.generation,
+        stamp,
+    };
     let api: Api<SwappoMessaging> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &sm.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| format!("patch status: {e}"))?;
-    ctx.metrics.wrote("SwappoMessaging/status");
+    let mut base = sm.clone();
+    // Twice at most: on a conflict (the reconciler wrote since the cache's copy), once more on
+    // a fresh read, so a scale just made keeps its lastScaleTime in status.
+    for attempt in 0..2 {
+        let previous = base.status.clone().unwrap_or_default();
+        let status = ours.applied_to(&previous);
+        if status == previous {
+            return Ok(());
+        }
+        // Only the fields this loop owns, guarded by the resourceVersion read.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": base.resource_version()},
+            "status": {
+                "queues": status.queues,
+                "consumers": status.consumers,
+                "depth": status.depth,
+                "consumerReplicas": status.consumer_replicas,
+                "conditions": status.conditions,
+            }
+        });
+        match api
+            .patch_status(
+                &sm.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.wrote("SwappoMessaging/status");
+                return Ok(());
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
+                ctx.metrics.read("SwappoMessaging");
+                base = api
+                    .get(&sm.name_any())
+                    .await
+                    .map_err(|e| format!("read after a conflict: {e}"))?;
+            }
+            Err(e) => return Err(format!("patch status: {e}")),
+        }
+    }
     Ok(())
+}
+
+/// What one pass observed and decided, to lay over a status: the fields this loop owns.
+struct Observation {
+    queues: Vec<QueueStatus>,
+    /// The consumers' statuses and the `ConsumersScaled` verdict (`None`: no consumers).
+    consumers: Option<(Vec<ConsumerStatus>, Verdict)>,
+    generation: Option<i64>,
+    stamp: Time,
+}
+
+impl Observation {
+    /// `base` with this pass's queues, depth, consumers and `ConsumersScaled` condition.
+    fn applied_to(
+        &self,
+        base: &crate::crd::SwappoMessagingStatus,
+    ) -> crate::crd::SwappoMessagingStatus {
+        let mut status = base.clone();
+        status.queues = self.queues.clone();
+        // No numbers from either source: unknown, not 0.
+        status.depth = (!self.queues.is_empty())
+            .then(|| self.queues.iter().map(|q| q.ready + q.unacked).sum());
+        match &self.consumers {
+            None => {
+                status.consumer_replicas = None;
+                status.consumers = Vec::new();
+            }
+            Some((consumers, verdict)) => {
+                status.consumer_replicas = Some(consumers.iter().map(|c| c.replicas).sum());
+                status.consumers = consumers.clone();
+                set_condition(
+                    &mut status,
+                    condition::CONSUMERS_SCALED,
+                    verdict,
+                    self.generation,
+                    &self.stamp,
+                );
+            }
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_without_consumers_is_due_once_every_fifteen_ticks() {
+        for name in ["a", "b", "sm-0042", "notifications"] {
+            let key = ("ns".to_owned(), name.to_owned());
+            let due: Vec<u64> = (1..=3 * QUEUE_STATUS_EVERY)
+                .filter(|t| queue_status_due(&key, *t))
+                .collect();
+            assert_eq!(due.len(), 3, "{name}: {due:?}");
+            assert!(
+                due.windows(2).all(|w| w[1] - w[0] == QUEUE_STATUS_EVERY),
+                "{name}: {due:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resources_without_consumers_are_spread_over_the_ticks() {
+        // 1000 resources: no tick carries more than a few times its share (1000 / 15 = 67).
+        let mut per_tick = vec![0; QUEUE_STATUS_EVERY as usize];
+        for i in 0..1000 {
+            let key = ("ns".to_owned(), format!("sm-{i:04}"));
+            for t in 0..QUEUE_STATUS_EVERY {
+                if queue_status_due(&key, t) {
+                    per_tick[t as usize] += 1;
+                }
+            }
+        }
+        assert_eq!(per_tick.iter().sum::<i32>(), 1000);
+        assert!(per_tick.iter().all(|n| *n < 2 * 67), "{per_tick:?}");
+    }
 }

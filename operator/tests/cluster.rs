@@ -620,12 +620,15 @@ async fn the_secret_is_stable_across_reconciles_and_operator_restarts() {
     install_crd(&client).await;
     let ns = TestNamespace::new("op-secret-").await;
     let mut settings = local_broker_settings();
+    // No volume for the claim: the broker's pods never get ready, and while they are not, the
+    // operator re-checks at the recheck interval (the Deployment's watch wakes it earlier).
+    settings.recheck = Duration::from_secs(1);
     settings.retry = Duration::from_secs(1);
     let first = InProcess::start(&client, ns.name(), settings.clone());
     create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
     let secrets = ns.api::<Secret>();
     let original = wait_exists(&secrets, "dev-rabbitmq").await;
-    // Several reconciles happen (retry every second while the broker is not ready).
+    // Several reconciles happen (every second while the broker is not ready).
     eventually("five reconciles", WAIT, || async {
         (first.metric("swappo_operator_reconciles_total") >= 5.0).then_some(())
     })

@@ -66,8 +66,8 @@ The permissions the reconciler needs in the namespaces it watches, each rule wit
 that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node or CRD access.
 */}}
 {{- define "swappo-operator.rules" -}}
-# The controller's watch and the autoscaler's list of SwappoMessaging; `get` reads one fresh
-# before counting cleaned ReplicaSets in its status (under a resourceVersion precondition).
+# The controller's watch of SwappoMessaging (its cache also serves the autoscaler); `get` reads
+# one fresh before counting cleaned ReplicaSets in its status, and after a status conflict.
 - apiGroups: ["swappo.io"]
   resources: ["swappomessagings"]
   verbs: ["get", "list", "watch"]
@@ -90,8 +90,8 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create"]
-# The broker Deployment (server-side apply, as above); the autoscaler reads consumer
-# Deployments and the ReplicaSet cleanup lists them.
+# The broker Deployment (server-side apply, as above, watched and cached); the autoscaler reads
+# consumer Deployments and the ReplicaSet clean-up reads the managed ones by name.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
