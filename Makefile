@@ -58,8 +58,9 @@ cluster-down: ## Stop exactly the control-plane processes that cluster-up starte
 	bash scripts/cluster-down.sh
 
 .PHONY: test
-test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts
+test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check)
 	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
+	$(MAKE) --no-print-directory demo-check
 
 .PHONY: bench-consumer
 bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the seed consumer -> bench/results/consumer.md

@@ -17,7 +17,7 @@ import re
 import subprocess
 import urllib.request
 
-FIGURE = re.compile(r"/s|second|\bms\b|MiB|writes|time", re.I)
+FIGURE = re.compile(r"/s|second|\bms\b|MiB|writes|time|\bp\d+ s\b|^value$", re.I)
 
 
 def sh(cmd):
@@ -124,10 +124,15 @@ def summarize(name, text):
     "6.7x vs seed; 0.62x vs PerfTest" or "reference" for a row that is itself a baseline."""
     title = next((l[2:].strip() for l in text.splitlines() if l.startswith("# ")), name)
     bench = title.split(":")[0].strip()
+    # A report's "## Details" section holds the method's tables, not figures to gather.
+    text = text.split("\n## Details", 1)[0]
     rows = []
     for table in tables(text):
         header, body = table[0], table[1:]
-        ratio_cols = [i for i, h in enumerate(header) if h.lower().startswith("vs ")]
+        # "vs <baseline>" columns hold bare ratios; a "ratio" column holds whole phrases.
+        ratio_cols = [i for i, h in enumerate(header)
+                      if h.lower().startswith("vs ") or h.lower() == "ratio"]
+        phrase = any(header[i].lower() == "ratio" for i in ratio_cols)
         fig_col = next((i for i, h in enumerate(header) if FIGURE.search(h)), None)
         if fig_col is None or not body:
             continue  # a settings table, not results
@@ -135,11 +140,12 @@ def summarize(name, text):
             if len(r) < len(header):
                 continue
             case = " / ".join(r[i] for i in range(fig_col) if r[i]) or "-"
-            figure = f"{r[fig_col]} {header[fig_col]}"
-            ratios = "; ".join(f"{r[i]} {header[i]}" for i in ratio_cols if r[i])
+            figure = r[fig_col] if header[fig_col].lower() == "value" else f"{r[fig_col]} {header[fig_col]}"
+            ratios = "; ".join(r[i] if header[i].lower() == "ratio" else f"{r[i]} {header[i]}"
+                               for i in ratio_cols if r[i])
             if not ratio_cols:
                 ratios = "(no baseline in this table)"
-            rows.append((case, figure, ratios or "reference"))
+            rows.append((case, figure, ratios or ("(no baseline)" if phrase else "reference")))
     return bench, rows
 
 

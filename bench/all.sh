@@ -4,7 +4,7 @@
 # then writes one dated table of all results to bench/results/README.md (bench/aggregate.py).
 # Each benchmark writes its own bench/results/<name>.md; a failed one is listed as failed and
 # the others still run. BENCH_ONLY="bench-consumer bench-publisher" runs a subset;
-# BENCH_SKIP_RUN=1 only re-aggregates the result files already there.
+# BENCH_SKIP_RUN=1 only re-aggregates the result files already there (with the last run's list).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 # shellcheck source=../scripts/env.sh
@@ -12,10 +12,10 @@ source scripts/env.sh
 LOGS="$SWAPPO_STATE/bench"
 mkdir -p "$LOGS" bench/results
 RUNS="$LOGS/runs.tsv"
-: > "$RUNS"
 
 targets="${BENCH_ONLY:-$(grep -oE '^bench-[a-z0-9-]+:' Makefile | tr -d : | sort -u | tr '\n' ' ')}"
 if [ "${BENCH_SKIP_RUN:-0}" != 1 ]; then
+  : > "$RUNS"
   for t in $targets; do
     log "make $t (log: $LOGS/$t.log)"
     start=$(date +%s)
