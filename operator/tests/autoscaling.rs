@@ -405,6 +405,74 @@ async fn with_the_management_api_down_the_depth_comes_from_amqp_and_status_says_
 }
 
 #[tokio::test]
+async fn a_queue_without_consumers_gets_its_numbers_in_status_even_with_the_management_api_down() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-queue-only-").await;
+    login_secret(&ns).await;
+    let queue = unique_name("queue-only-");
+    let mut sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&queue);
+    sm.spec.queues[0].queue_type = QueueType::Classic;
+    // Nothing listens on port 9: every management request fails, so the numbers can only come
+    // from the one-shot AMQP read a queue-only resource gets while the API is down. A 1 s poll:
+    // a resource without consumers is refreshed every 15 polls.
+    let settings = swappo_operator::reconcile::Settings {
+        management_override: Some("127.0.0.1:9".into()),
+        autoscale_interval: Duration::from_secs(1),
+        ..local_broker_settings()
+    };
+    let operator = InProcess::start(&client, ns.name(), settings);
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+    condition(&ns, "QueuesReady", "True").await;
+
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    for i in 0..40u32 {
+        drop(
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("event {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let status = eventually("40 ready in status.queues", WAIT, || async {
+        let s = ns.api::<SwappoMessaging>().get("dev").await.ok()?.status?;
+        (s.queues.first()?.ready == 40).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.queues[0].name, queue);
+    assert_eq!(status.depth, Some(40));
+    assert!(status.consumers.is_empty(), "{:?}", status.consumers);
+    assert_eq!(status.consumer_replicas, None);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "ConsumersScaled"),
+        "no consumers, no ConsumersScaled: {:?}",
+        status.conditions
+    );
+
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&queue]).await;
+}
+
+#[tokio::test]
 async fn a_sawtooth_load_scales_up_once_and_does_not_flap() {
     let Some(client) = cluster().await else {
         return;
