@@ -1,6 +1,7 @@
 //! The AMQP login check behind `BrokerReady`: open a connection with the Secret's
-//! credentials, close it, within a timeout. Errors are reduced to messages that never hold
-//! the password (the URI is built as a struct and never formatted).
+//! credentials within a timeout (the reconciler then declares the queues on it and closes
+//! it). Errors are reduced to messages that never hold the password (the URI is built as a
+//! struct and never formatted).
 use crate::builders::secret::Credentials;
 use crate::status::AmqpCheck;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
@@ -35,8 +36,13 @@ impl Target {
     }
 }
 
-/// Opens and closes one AMQP connection to `target` as `creds`, vhost `/`.
-pub async fn check(target: &Target, creds: &Credentials, timeout: Duration) -> AmqpCheck {
+/// Logs in to `target` as `creds`, vhost `/`, within `timeout`: the open connection (for the
+/// caller to use, then close), or why the broker is not usable.
+pub async fn login(
+    target: &Target,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<Connection, AmqpCheck> {
     let uri = AMQPUri {
         scheme: if target.tls {
             AMQPScheme::AMQPS
@@ -58,16 +64,11 @@ pub async fn check(target: &Target, creds: &Credentials, timeout: Duration) -> A
         },
     };
     let properties =
-        ConnectionProperties::default().with_connection_name("swappo-operator broker check".into());
+        ConnectionProperties::default().with_connection_name("swappo-operator reconcile".into());
     match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties)).await {
-        Err(_) => AmqpCheck::Timeout(timeout),
-        Ok(Err(e)) => classify(&e.to_string(), &creds.password),
-        Ok(Ok(conn)) => {
-            // A failed close is harmless: the login, which is what is checked, succeeded.
-            let _ = tokio::time::timeout(timeout, conn.close(200, "swappo-operator check".into()))
-                .await;
-            AmqpCheck::Ok
-        }
+        Err(_) => Err(AmqpCheck::Timeout(timeout)),
+        Ok(Err(e)) => Err(classify(&e.to_string(), &creds.password)),
+        Ok(Ok(conn)) => Ok(conn),
     }
 }
 

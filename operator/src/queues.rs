@@ -119,22 +119,33 @@ pub type Declared = Result<Vec<(String, Result<(), TopologyError>)>, String>;
 /// the others); the outcome per queue, in spec order.
 pub async fn declare_all(broker: &Broker, sm: &SwappoMessaging) -> Declared {
     let conn = connect(broker, "swappo-operator topology").await?;
+    let results = declare_on(&conn, broker.timeout, sm).await;
+    // Bounded: a reconcile must never wait on a broker that stopped answering.
+    let _ = tokio::time::timeout(broker.timeout, conn.close(200, "declared".into())).await;
+    Ok(results)
+}
+
+/// Declares every queue of `sm` on `conn` (each on a channel of its own), each bounded by
+/// `timeout`; the outcome per queue, in spec order.
+pub async fn declare_on(
+    conn: &Connection,
+    timeout: std::time::Duration,
+    sm: &SwappoMessaging,
+) -> Vec<(String, Result<(), TopologyError>)> {
     let mut results = Vec::with_capacity(sm.spec.queues.len());
     for q in &sm.spec.queues {
         let spec = topology_spec(q);
-        let outcome = tokio::time::timeout(broker.timeout, topology::declare_with(&conn, &spec))
+        let outcome = tokio::time::timeout(timeout, topology::declare_with(conn, &spec))
             .await
             .unwrap_or_else(|_| {
                 Err(TopologyError::InvalidSpec {
                     queue: q.name.clone(),
-                    reason: format!("no answer within {}s", broker.timeout.as_secs()),
+                    reason: format!("no answer within {}s", timeout.as_secs()),
                 })
             });
         results.push((q.name.clone(), outcome));
     }
-    // Bounded: a reconcile must never wait on a broker that stopped answering.
-    let _ = tokio::time::timeout(broker.timeout, conn.close(200, "declared".into())).await;
-    Ok(results)
+    results
 }
 
 /// The `QueuesReady` verdict from the declaration outcomes (or the connection failure).
@@ -216,17 +227,23 @@ pub fn set_condition(
 }
 
 /// `sm` with its `QueuesReady` condition decided: declares the queues when `broker` is given
-/// (the broker accepted a login) and `spec.queues` is not empty; `sm` unchanged otherwise.
+/// (the broker accepted a login) and `spec.queues` is not empty, on `login` (the connection of
+/// that login, reused: one connection per reconcile, not two) or a new connection; `sm`
+/// unchanged otherwise.
 pub async fn with_queues_declared(
     sm: &SwappoMessaging,
     broker: Option<&Broker>,
+    login: Option<&Connection>,
     now: &Time,
 ) -> SwappoMessaging {
     let mut sm = sm.clone();
     let Some(broker) = broker.filter(|_| !sm.spec.queues.is_empty()) else {
         return sm;
     };
-    let outcome = declare_all(broker, &sm).await;
+    let outcome = match login.filter(|c| c.status().connected()) {
+        Some(conn) => Ok(declare_on(conn, broker.timeout, &sm).await),
+        None => declare_all(broker, &sm).await,
+    };
     let verdict = queues_verdict(&outcome);
     if !verdict.ok {
         tracing::warn!(reason = verdict.reason, "{}", verdict.message);

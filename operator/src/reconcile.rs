@@ -550,11 +550,15 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
             tls: endpoint.tls,
         });
     let pods_ready = broker_pods.is_none_or(|(ready, _)| ready >= 1);
-    let amqp = match &creds {
+    // The login's connection is kept for the queue declarations below, then closed.
+    let (amqp, login) = match &creds {
         Some(creds) if pods_ready => {
-            Some(amqp::check(&target, creds, ctx.settings.amqp_timeout).await)
+            match amqp::login(&target, creds, ctx.settings.amqp_timeout).await {
+                Ok(conn) => (Some(AmqpCheck::Ok), Some(conn)),
+                Err(failed) => (Some(failed), None),
+            }
         }
-        _ => None,
+        _ => (None, None),
     };
     debug!(check = ?amqp.as_ref().map(|a| matches!(a, AmqpCheck::Ok)), "broker login checked");
     let observed = Observed {
@@ -577,7 +581,13 @@ async fn reconcile_inner(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> 
         }),
         _ => None,
     };
-    let with_queues = crate::queues::with_queues_declared(sm, queues_broker.as_ref(), &now).await;
+    let with_queues =
+        crate::queues::with_queues_declared(sm, queues_broker.as_ref(), login.as_ref(), &now).await;
+    if let Some(conn) = login {
+        // Bounded: a reconcile must never wait on a broker that stopped answering.
+        let close = conn.close(200, "swappo-operator reconcile".into());
+        let _ = tokio::time::timeout(ctx.settings.amqp_timeout, close).await;
+    }
     let mut status = desired_status(&with_queues, &observed, &now);
     if let Some(total) = cleaned {
         status.replica_sets_cleaned = total;
