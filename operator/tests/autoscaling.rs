@@ -6,39 +6,18 @@ mod common;
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
 use swappo_operator::crd::{QueueType, SwappoMessaging};
 use swappo_operator::fixtures::TestExt;
 use swappo_testkit::{TestNamespace, eventually, unique_name};
-
-fn password() -> String {
-    std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into())
-}
-
-async fn login_secret(ns: &TestNamespace) {
-    let s: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broker-login"},
-        "stringData": {"username": "swappo", "password": password()}
-    }))
-    .unwrap();
-    ns.api::<Secret>()
-        .patch(
-            "broker-login",
-            &PatchParams::apply("operator-tests").force(),
-            &Patch::Apply(&s),
-        )
-        .await
-        .unwrap();
-}
 
 async fn consumer_deployment(ns: &TestNamespace, name: &str, replicas: i32) {
     let d: Deployment = serde_json::from_value(serde_json::json!({
@@ -76,6 +55,24 @@ async fn amqp() -> Connection {
     )
     .await
     .expect("the local broker accepts a connection")
+}
+
+/// Publishes `n` messages `"<label> <i>"` to `queue` (no confirms: the tests wait for what the
+/// operator does with them).
+async fn publish(ch: &Channel, queue: &str, n: u32, label: &str) {
+    for i in 0..n {
+        drop(
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                format!("{label} {i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
 }
 
 /// Deletes `<q>`, `<q>.dlq` and `<q>.dlx` (the test's clean-up in the shared vhost).
@@ -145,19 +142,7 @@ async fn a_backlog_scales_the_consumer_up_at_once_and_down_only_after_the_delay(
     // 5,000 events and no consumer: clamp(ceil(5000 / 1000), 1, 10) = 5 replicas.
     let conn = amqp().await;
     let ch = conn.create_channel().await.unwrap();
-    for i in 0..5000u32 {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                format!("event {i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-        drop(confirm);
-    }
+    publish(&ch, &queue, 5000, "event").await;
     eventually("5 replicas for 5,000 messages", WAIT, || async {
         (replicas(&ns, "notifications").await == 5).then_some(())
     })
@@ -385,19 +370,7 @@ async fn with_the_management_api_down_the_depth_comes_from_amqp_and_status_says_
 
     let conn = amqp().await;
     let ch = conn.create_channel().await.unwrap();
-    for i in 0..300u32 {
-        drop(
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                format!("event {i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    publish(&ch, &queue, 300, "event").await;
     // 300 ready messages / 100 per replica = 3 replicas, from the passive declare's count.
     eventually("3 replicas from the AMQP depth", WAIT, || async {
         (replicas(&ns, "notifications").await == 3).then_some(())
@@ -452,19 +425,7 @@ async fn a_queue_without_consumers_gets_its_numbers_in_status_even_with_the_mana
 
     let conn = amqp().await;
     let ch = conn.create_channel().await.unwrap();
-    for i in 0..40u32 {
-        drop(
-            ch.basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                format!("event {i}").as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    publish(&ch, &queue, 40, "event").await;
     let status = eventually("40 ready in status.queues", WAIT, || async {
         let s = ns.api::<SwappoMessaging>().get("dev").await.ok()?.status?;
         (s.queues.first()?.ready == 40).then_some(s)
@@ -520,19 +481,7 @@ async fn a_sawtooth_load_scales_up_once_and_does_not_flap() {
     let ch = conn.create_channel().await.unwrap();
     // Four teeth: 500 messages with no consumer, then all read by a local consumer.
     for tooth in 0..4 {
-        for i in 0..500u32 {
-            drop(
-                ch.basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    format!("tooth {tooth} event {i}").as_bytes(),
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap(),
-            );
-        }
+        publish(&ch, &queue, 500, &format!("tooth {tooth} event")).await;
         if tooth == 0 {
             eventually("5 replicas for 500 messages", WAIT, || async {
                 (replicas(&ns, "notifications").await == 5).then_some(())

@@ -7,8 +7,7 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
@@ -30,21 +29,7 @@ async fn replicas(ns: &TestNamespace) -> i32 {
 /// Latencies (s) of `runs` backlogs under `settings`.
 async fn measure(client: &kube::Client, settings: Settings, runs: usize) -> Vec<f64> {
     let ns = TestNamespace::new("op-bench-").await;
-    let password =
-        std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into());
-    let s: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broker-login"},
-        "stringData": {"username": "swappo", "password": password}
-    }))
-    .unwrap();
-    ns.api::<Secret>()
-        .patch(
-            "broker-login",
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(&s),
-        )
-        .await
-        .unwrap();
+    login_secret(&ns).await;
     let d: Deployment = serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "consumer"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "c"}},

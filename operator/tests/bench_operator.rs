@@ -371,17 +371,7 @@ async fn measure(client: &Client, n: usize, rest: Duration) -> Figures {
     let queues: Vec<String> = (0..n).map(|i| format!("{}.q{i:04}", ns.name())).collect();
     add_nodes(client, n.div_ceil(PODS_PER_NODE)).await;
     add_volumes(client, ns.name(), &names).await;
-    let password =
-        std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into());
-    let login: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broker-login"},
-        "stringData": {"username": "swappo", "password": password}
-    }))
-    .unwrap();
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &login)
-        .await
-        .unwrap();
+    login_secret(&ns).await;
     let api = ns.api::<SwappoMessaging>();
     stream::iter(names.iter().zip(&queues))
         .map(|(name, queue)| {

@@ -389,3 +389,26 @@ impl Drop for BrokerUser {
         .ok();
     }
 }
+
+/// The local broker's test user's password (what `make testenv-deps` sets).
+pub fn password() -> String {
+    std::env::var("SWAPPO_TEST_PASSWORD").unwrap_or_else(|_| "swappo-local-test".into())
+}
+
+/// The Secret `broker-login` in `ns` with the local broker's test login (for resources that
+/// name it in `spec.broker.credentialsSecret`).
+pub async fn login_secret(ns: &swappo_testkit::TestNamespace) {
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broker-login"},
+        "stringData": {"username": "swappo", "password": password()}
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .patch(
+            "broker-login",
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .unwrap();
+}
