@@ -14,6 +14,10 @@ install_packages() {
   command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
   command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # Tools the tests call: compose validates docker-compose.yml (tests/tests/images_and_compose.rs),
+  # python3 runs bench/aggregate.py (tests/tests/bench_aggregate.rs).
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (Debian packages)"
     as_root apt-get update -qq
@@ -92,12 +96,13 @@ start_postgres() {
   wait_for "postgresql (as ${SWAPPO_TEST_USER})" 60 postgres_answers
 }
 
-# Fast path: both already answer with the test credentials (the usual case on a warm machine).
-if command -v curl >/dev/null 2>&1 && rabbitmq_conf_current && rabbitmq_answers >/dev/null 2>&1 && postgres_answers >/dev/null 2>&1; then
+# Packages first (a few `command -v` checks when all are there), then the fast path: both
+# servers already answer with the test credentials (the usual case on a warm machine).
+install_packages
+if rabbitmq_conf_current && rabbitmq_answers >/dev/null 2>&1 && postgres_answers >/dev/null 2>&1; then
   log "rabbitmq and postgresql already answer"
   exit 0
 fi
-install_packages
 start_rabbitmq
 start_postgres
 log "rabbitmq: ${RABBITMQ_MANAGEMENT_URL//:${SWAPPO_TEST_PASSWORD}@/:***@}  postgres: ${DATABASE_URL//:${SWAPPO_TEST_PASSWORD}@/:***@}"

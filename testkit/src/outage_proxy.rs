@@ -1,17 +1,58 @@
-//! A TCP proxy on loopback that a test can cut and restore: a network outage between one
-//! client and the shared broker (or database), without touching the shared server.
+//! A TCP proxy on loopback that a test can cut, restore and hold: a network outage (or a
+//! server that stops answering) between one client and the shared broker (or database),
+//! without touching the shared server.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Forwards connections from a local port to `upstream` while up. [`OutageProxy::cut`] closes
 /// every forwarded connection and refuses new ones (accepted, then closed at once) until
-/// [`OutageProxy::restore`]. Stops when dropped.
+/// [`OutageProxy::restore`]. [`OutageProxy::hold_replies`] keeps the connections open but
+/// stops passing the server's bytes to the client (the client's still reach the server) until
+/// [`OutageProxy::release_replies`]: a broker whose confirms are late, made deterministic.
+/// Stops when dropped.
 pub struct OutageProxy {
     addr: SocketAddr,
-    up: Arc<watch::Sender<bool>>,
+    up: Arc<watch::Sender<Link>>,
+    held: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The proxy's state: whether it forwards, and how many cuts happened. A connection closes
+/// when the count moves past the one it was opened under, so a cut followed at once by a
+/// restore still closes every connection that was open (a plain up/down flag could be seen
+/// only after the restore, and the cut would be missed).
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    up: bool,
+    cuts: u64,
+}
+
+/// Copies `from` to `to`; before each write waits while `held` says so (what was read is
+/// kept, nothing is dropped). Ends at EOF or on the first I/O error.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut held: Option<watch::Receiver<bool>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(held) = held.as_mut()
+            && held.wait_for(|h| !*h).await.is_err()
+        {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl OutageProxy {
@@ -21,31 +62,45 @@ impl OutageProxy {
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("a bound address");
-        let up = Arc::new(watch::Sender::new(true));
+        let up = Arc::new(watch::Sender::new(Link { up: true, cuts: 0 }));
+        let held = Arc::new(watch::Sender::new(false));
         let state = up.clone();
+        let hold = held.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
                 let mut rx = state.subscribe();
-                if !*rx.borrow() {
+                let opened = *rx.borrow();
+                if !opened.up {
                     drop(client); // down: the connection is refused after accept
                     continue;
                 }
+                let replies_held = hold.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let (mut client, mut server) = (client, server);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let upward = pump(client_read, server_write, None);
+                    let downward = pump(server_read, client_write, Some(replies_held));
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|up| !*up) => {} // cut: both sockets close on drop
+                        // A cut wins over bytes ready to pass: nothing held is sent after it.
+                        biased;
+                        _ = rx.wait_for(|l| l.cuts != opened.cuts) => {} // cut: both sockets close on drop
+                        _ = async { tokio::join!(upward, downward) } => {}
                     }
                 });
             }
         });
-        Self { addr, up, task }
+        Self {
+            addr,
+            up,
+            held,
+            task,
+        }
     }
 
     /// Starts a proxy for the host and port of `url` (`amqp://u:p@host:port/vhost`) and
@@ -76,12 +131,26 @@ impl OutageProxy {
 
     /// Closes every forwarded connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.up.send_modify(|l| {
+            l.up = false;
+            l.cuts += 1;
+        });
     }
 
     /// Forwards new connections again.
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.up.send_modify(|l| l.up = true);
+    }
+
+    /// Stops passing the server's bytes to the clients (connections stay open; the clients'
+    /// bytes still reach the server) until [`OutageProxy::release_replies`].
+    pub fn hold_replies(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Passes the server's bytes again, the held ones first.
+    pub fn release_replies(&self) {
+        self.held.send_replace(false);
     }
 }
 
@@ -95,7 +164,6 @@ impl Drop for OutageProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn echo_server() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -138,5 +206,46 @@ mod tests {
         proxy.restore();
         let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
         assert!(echoes(&mut again).await);
+    }
+
+    #[tokio::test]
+    async fn a_cut_restored_at_once_still_closes_the_connections_that_were_open() {
+        let proxy = OutageProxy::start(echo_server().await).await;
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(echoes(&mut open).await);
+        proxy.hold_replies();
+        open.write_all(b"ping").await.unwrap();
+        proxy.cut();
+        proxy.release_replies();
+        proxy.restore();
+        let mut buf = [0u8; 4];
+        assert!(
+            !matches!(open.read(&mut buf).await, Ok(n) if n > 0),
+            "the held reply passed after the cut"
+        );
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(echoes(&mut again).await);
+    }
+
+    #[tokio::test]
+    async fn held_replies_reach_the_client_only_once_released_and_nothing_is_lost() {
+        let proxy = OutageProxy::start(echo_server().await).await;
+        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(echoes(&mut open).await);
+        proxy.hold_replies();
+        open.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        // Nothing comes back while held: a read with a short bound sees no byte. (The bound
+        // only limits how long the test looks; the hold itself waits forever.)
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(300), open.read(&mut buf)).await;
+        assert!(early.is_err(), "a reply passed the hold: {early:?}");
+        proxy.release_replies();
+        open.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf, b"ping",
+            "the held reply arrives whole after the release"
+        );
+        assert!(echoes(&mut open).await);
     }
 }

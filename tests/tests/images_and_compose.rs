@@ -343,35 +343,79 @@ fn compose_sets_only_variables_the_services_read() {
     }
 }
 
+/// The compose clients this machine has that answer `version`: Debian's `docker-compose`
+/// (installed by `make testenv-deps`) and the docker CLI's compose plugin. A `docker` without
+/// the plugin answers "unknown command" or, for older CLIs, "unknown shorthand flag"; probing
+/// `version` first tells every such form apart from a client that rejects the file.
+fn compose_clients() -> Vec<Vec<&'static str>> {
+    let candidates: [&[&'static str]; 2] = [&["docker-compose"], &["docker", "compose"]];
+    candidates
+        .into_iter()
+        .filter(|argv| {
+            std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .arg("version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .map(<[&str]>::to_vec)
+        .collect()
+}
+
 #[test]
 fn docker_compose_itself_accepts_the_file_where_it_is_installed() {
     // Validation by the real tool needs no engine: `config -q` only parses and checks the
-    // schema. It runs where a compose client exists (Debian's docker-compose package; the
-    // docker CLI's compose plugin), and says so where none does.
-    let candidates: [&[&str]; 2] = [&["docker-compose"], &["docker", "compose"]];
-    let mut ran = false;
-    for argv in candidates {
-        let out = std::process::Command::new(argv[0])
-            .args(&argv[1..])
-            .args(["-f", "docker-compose.yml", "config", "-q"])
-            .current_dir(repo())
-            .output();
-        let Ok(out) = out else { continue };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() && stderr.contains("unknown command") {
-            continue; // `docker` without the compose plugin
-        }
+    // schema. `make test` installs Debian's docker-compose (scripts/testenv-deps.sh) and sets
+    // SWAPPO_REQUIRE_TOOLS=1, so there the check always runs; elsewhere it says it skipped.
+    let clients = compose_clients();
+    let Some(argv) = clients.first() else {
         assert!(
-            out.status.success(),
-            "{} rejects docker-compose.yml:\n{stderr}",
-            argv.join(" ")
+            std::env::var_os("SWAPPO_REQUIRE_TOOLS").is_none(),
+            "no compose client (docker-compose, docker compose): run `make testenv-deps`"
         );
-        ran = true;
-        break;
-    }
-    if !ran {
         eprintln!(
-            "no docker-compose client here: docker-compose.yml checked by the other tests only"
+            "SKIPPED: no docker-compose client here (`make testenv-deps` installs one): \
+             docker-compose.yml checked by the other tests only"
         );
-    }
+        return;
+    };
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(repo())
+        .output()
+        .expect("the compose client runs");
+    assert!(
+        out.status.success(),
+        "{} rejects docker-compose.yml:\n{}",
+        argv.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_compose_client_rejects_a_broken_file_so_its_check_means_something() {
+    let Some(argv) = compose_clients().into_iter().next() else {
+        eprintln!("SKIPPED: no docker-compose client here (`make testenv-deps` installs one)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("swappo-compose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("docker-compose.yml");
+    std::fs::write(
+        &broken,
+        "services:\n  a:\n    image: x\n    depends_on:\n      b:\n        condition: nonsense\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .args(["-f", broken.to_str().unwrap(), "config", "-q"])
+        .output()
+        .expect("the compose client runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !out.status.success(),
+        "{} accepted a file with an invalid depends_on condition",
+        argv.join(" ")
+    );
 }
