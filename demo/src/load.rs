@@ -181,7 +181,7 @@ async fn one_offer(http: &reqwest::Client, t: &Targets, counters: &Counters) {
     }
     if read {
         let url = format!(
-            "{}/api/v1/notifications/{receiver}?limit=20",
+            "{}/api/v2/notifications/{receiver}?limit=20",
             t.notifications
         );
         match http.get(&url).send().await {
