@@ -134,32 +134,32 @@ async fn one_offer(http: &reqwest::Client, t: &Targets, counters: &Counters) {
         "requested_item_ids": [items[1]],
         "message": "Would you swap?",
     });
-    let url = format!("{}/api/v1/offers", t.matchmaking);
+    let url = format!("{}/api/v2/offers", t.matchmaking);
     let id = match http.post(&url).json(&body).send().await {
         Ok(r) if r.status().as_u16() == 201 => match r.json::<Value>().await {
             Ok(v) => v.get("id").and_then(Value::as_i64),
             Err(e) => {
-                counters.failed(format!("POST /api/v1/offers: body: {e}"));
+                counters.failed(format!("POST /api/v2/offers: body: {e}"));
                 return;
             }
         },
         Ok(r) => {
-            counters.failed(format!("POST /api/v1/offers: HTTP {}", r.status()));
+            counters.failed(format!("POST /api/v2/offers: HTTP {}", r.status()));
             return;
         }
         Err(e) => {
-            counters.failed(format!("POST /api/v1/offers: {e}"));
+            counters.failed(format!("POST /api/v2/offers: {e}"));
             return;
         }
     };
     let Some(id) = id else {
-        counters.failed("POST /api/v1/offers: no id in the answer".into());
+        counters.failed("POST /api/v2/offers: no id in the answer".into());
         return;
     };
     counters.offers.fetch_add(1, Relaxed);
     for (status, by_receiver) in fate.steps() {
         let actor = if *by_receiver { &receiver } else { &proposer };
-        let url = format!("{}/api/v1/offers/{id}?user_id={actor}", t.matchmaking);
+        let url = format!("{}/api/v2/offers/{id}?user_id={actor}", t.matchmaking);
         match http
             .patch(&url)
             .json(&json!({ "status": status }))
@@ -181,7 +181,7 @@ async fn one_offer(http: &reqwest::Client, t: &Targets, counters: &Counters) {
     }
     if read {
         let url = format!(
-            "{}/api/v1/notifications/{receiver}?limit=20",
+            "{}/api/v2/notifications/{receiver}?limit=20",
             t.notifications
         );
         match http.get(&url).send().await {

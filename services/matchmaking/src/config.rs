@@ -72,6 +72,36 @@ pub struct Config {
     #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168)]
     pub outbox_retention_hours: u64,
 
+    /// Origins a browser may call the API from, comma-separated; `*` allows every origin,
+    /// as the original service did.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// The catalog service's base URL (`http://catalog-service:8000`). When set, a new
+    /// offer's items must exist, be active and belong to their side (404/400/403), and the
+    /// create fails with 503 while the catalog does not answer. Unset: no check.
+    #[arg(long, env = "CATALOG_URL")]
+    pub catalog_url: Option<String>,
+
+    /// Milliseconds one catalog lookup may take before the create fails with 503.
+    #[arg(long, env = "CATALOG_TIMEOUT_MS", default_value_t = 5000)]
+    pub catalog_timeout_ms: u64,
+
+    /// The chat service's base URL (`http://chat-service:8000`). When set, accepting an
+    /// offer requests a chat room for it, delivered in the background until the chat
+    /// service answers. Unset: no chat rooms.
+    #[arg(long, env = "CHAT_SERVICE_URL")]
+    pub chat_service_url: Option<String>,
+
+    /// Longest wait between two tries of a chat-room request, in milliseconds.
+    #[arg(long, env = "CHAT_MAX_BACKOFF_MS", default_value_t = 30_000)]
+    pub chat_max_backoff_ms: u64,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -131,6 +161,14 @@ impl std::fmt::Debug for Config {
             .field("outbox_poll_interval_ms", &self.outbox_poll_interval_ms)
             .field("outbox_max_backoff_ms", &self.outbox_max_backoff_ms)
             .field("outbox_retention_hours", &self.outbox_retention_hours)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("catalog_url", &self.catalog_url.as_deref().map(redact_url))
+            .field("catalog_timeout_ms", &self.catalog_timeout_ms)
+            .field(
+                "chat_service_url",
+                &self.chat_service_url.as_deref().map(redact_url),
+            )
+            .field("chat_max_backoff_ms", &self.chat_max_backoff_ms)
             .field("log_format", &self.log_format)
             .finish()
     }

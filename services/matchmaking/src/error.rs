@@ -37,6 +37,12 @@ pub enum Error {
     /// No route matches the request's path (404).
     #[error("no such route")]
     NoRoute,
+    /// The catalog refuses the offer's items (404 unknown, 400 inactive, 403 not the side's).
+    #[error("{0}")]
+    Catalog(#[from] crate::catalog::Refusal),
+    /// The catalog did not answer, so a new offer cannot be checked (503).
+    #[error("catalog service unavailable")]
+    CatalogUnavailable,
     /// The database failed (500, or 503 when it is unreachable; details only in the log).
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -64,6 +70,8 @@ impl Error {
             Error::InvalidTransition(_) => "invalid_transition",
             Error::OfferNotFound(_) | Error::NoRoute => "not_found",
             Error::Database(_) if self.database_unreachable() => "unavailable",
+            Error::Catalog(_) => "catalog_refused",
+            Error::CatalogUnavailable => "catalog_unavailable",
             Error::Database(_) | Error::Internal(_) => "internal",
         }
     }
@@ -76,6 +84,8 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::OfferNotFound(_) | Error::NoRoute => StatusCode::NOT_FOUND,
             Error::Database(_) if self.database_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Catalog(r) => r.status(),
+            Error::CatalogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,13 +120,14 @@ impl Error {
     }
 
     /// What the client may see.
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self {
             Error::Validation(v) => v.reason.clone(),
             Error::BadRequest { message, .. } => message.clone(),
             Error::Forbidden(m) => (*m).to_string(),
             Error::InvalidTransition(m) => m.clone(),
             Error::OfferNotFound(_) | Error::NoRoute => self.to_string(),
+            Error::Catalog(_) | Error::CatalogUnavailable => self.to_string(),
             Error::Database(_) if self.database_unreachable() => {
                 "database unavailable, retry later".to_string()
             }

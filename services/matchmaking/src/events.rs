@@ -48,7 +48,9 @@ impl Parties<'_> {
     }
 }
 
-/// The event type, title and body for a change (DESIGN.md §6).
+/// The event type, title and body for a change (DESIGN.md §6). The four status changes keep
+/// the original Python service's wording, which the front end shows as it is; the original
+/// sent nothing on creation, so that one is ours.
 pub fn wording(change: OfferChange) -> Option<(EventType, &'static str, &'static str)> {
     use OfferStatus::*;
     Some(match change {
@@ -59,13 +61,13 @@ pub fn wording(change: OfferChange) -> Option<(EventType, &'static str, &'static
         ),
         OfferChange::StatusChanged(Accepted) => (
             EventType::TradeOfferAccepted,
-            "Trade Offer Accepted!",
-            "Your trade offer has been accepted.",
+            "Trade Offer Accepted! 🎉",
+            "Great news! Your trade offer has been accepted.",
         ),
         OfferChange::StatusChanged(Rejected) => (
             EventType::TradeOfferRejected,
-            "Trade Offer Rejected",
-            "Your trade offer has been rejected.",
+            "Trade Offer Declined",
+            "Your trade offer was declined. Keep exploring!",
         ),
         OfferChange::StatusChanged(Cancelled) | OfferChange::Withdrawn => (
             EventType::TradeOfferCancelled,
@@ -74,8 +76,8 @@ pub fn wording(change: OfferChange) -> Option<(EventType, &'static str, &'static
         ),
         OfferChange::StatusChanged(Completed) => (
             EventType::TradeCompleted,
-            "Trade Completed!",
-            "Your trade has been completed.",
+            "Trade Completed! ✅",
+            "Congratulations! Your trade has been completed.",
         ),
         OfferChange::StatusChanged(Pending) => return None,
     })
@@ -164,14 +166,40 @@ mod tests {
     }
 
     #[test]
-    fn acceptance_uses_the_words_of_the_design() {
-        let e = event_for(
-            OfferChange::StatusChanged(OfferStatus::Accepted),
-            parties("user456"),
-        )
-        .unwrap();
-        assert_eq!(e.title, "Trade Offer Accepted!");
-        assert_eq!(e.body, "Your trade offer has been accepted.");
+    fn status_changes_keep_the_original_services_words_which_the_front_end_shows() {
+        let words = |to| {
+            let e = event_for(OfferChange::StatusChanged(to), parties("user456")).unwrap();
+            (e.title, e.body)
+        };
+        let expect = |t: &str, b: &str| (t.to_string(), b.to_string());
+        assert_eq!(
+            words(OfferStatus::Accepted),
+            expect(
+                "Trade Offer Accepted! 🎉",
+                "Great news! Your trade offer has been accepted."
+            )
+        );
+        assert_eq!(
+            words(OfferStatus::Rejected),
+            expect(
+                "Trade Offer Declined",
+                "Your trade offer was declined. Keep exploring!"
+            )
+        );
+        assert_eq!(
+            words(OfferStatus::Cancelled),
+            expect(
+                "Trade Offer Cancelled",
+                "A trade offer you received has been cancelled."
+            )
+        );
+        assert_eq!(
+            words(OfferStatus::Completed),
+            expect(
+                "Trade Completed! ✅",
+                "Congratulations! Your trade has been completed."
+            )
+        );
     }
 
     #[test]

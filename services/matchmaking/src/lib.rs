@@ -6,14 +6,21 @@
 //! - [`store`]: offers in PostgreSQL; every write commits the change and its outbox row together.
 //! - [`outbox`], [`relay`]: the outbox table and the relay that publishes it with confirms.
 //! - [`http`]: the axum API, one module per route group; [`error`]: its one error type.
+//! - [`catalog`]: the optional check of a new offer's items against the catalog service.
+//! - [`chat`]: the optional chat room per accepted offer, delivered like an event.
+//! - [`import`]: the one-off copy of the original service's offers (binary
+//!   `swappo-matchmaking-import`).
 //! - [`config`], [`metrics`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod offer;
 pub mod outbox;
@@ -62,6 +69,7 @@ pub fn publisher_options(queue: &str) -> PublisherOptions {
 pub struct Service {
     state: AppState,
     wake: Arc<Notify>,
+    cors: tower_http::cors::CorsLayer,
 }
 
 impl Service {
@@ -75,9 +83,35 @@ impl Service {
                 store,
                 metrics,
                 broker: None,
+                catalog: None,
             },
             wake,
+            cors: http::cors::layer(&[]).expect("every origin is a valid CORS setting"),
         }
+    }
+
+    /// Answers browsers from `cors` instead of the default (every origin, as the original).
+    /// Call it before [`Service::router`].
+    pub fn set_cors(&mut self, cors: tower_http::cors::CorsLayer) {
+        self.cors = cors;
+    }
+
+    /// Checks new offers' items against `catalog` (the original's create rules). Call it
+    /// before [`Service::router`].
+    pub fn set_catalog(&mut self, catalog: catalog::Catalog) {
+        self.state.catalog = Some(catalog);
+    }
+
+    /// From now on accepting an offer requests its chat room; returns the relay that
+    /// delivers the requests (run it with [`chat::ChatRoomRelay::run`]). Call it before
+    /// [`Service::router`].
+    pub fn chat_rooms(
+        &mut self,
+        options: chat::ChatOptions,
+    ) -> Result<chat::ChatRoomRelay, reqwest::Error> {
+        let wake = Arc::new(Notify::new());
+        self.state.store = self.state.store.clone().with_chat_rooms(wake.clone());
+        chat::ChatRoomRelay::new(self.state.store.pool().clone(), wake, options)
     }
 
     /// Creates this instance's outbox relay (woken by this instance's commits) and reports
@@ -108,7 +142,7 @@ impl Service {
 
     /// The HTTP API.
     pub fn router(&self) -> axum::Router {
-        http::router(self.state.clone())
+        http::router(self.state.clone()).layer(self.cors.clone())
     }
 }
 

@@ -3,6 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 use std::time::Duration;
+use swappo_matchmaking::catalog::Catalog;
+use swappo_matchmaking::chat::ChatOptions;
 use swappo_matchmaking::config::{Config, LogFormat};
 use swappo_matchmaking::{Service, connect_lazy, migrate, publisher_options, serve};
 use swappo_messaging::BrokerConfig;
@@ -45,6 +47,25 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    service.set_cors(
+        swappo_matchmaking::http::cors::layer(&config.cors_allowed_origins)
+            .context("CORS_ALLOWED_ORIGINS")?,
+    );
+    if let Some(url) = &config.catalog_url {
+        let catalog = Catalog::new(url, Duration::from_millis(config.catalog_timeout_ms))
+            .context("catalog client")?;
+        service.set_catalog(catalog);
+    }
+    let chat = match &config.chat_service_url {
+        Some(url) => {
+            let mut options = ChatOptions::new(url.clone());
+            options.max_delay = Duration::from_millis(config.chat_max_backoff_ms);
+            let relay = service.chat_rooms(options).context("chat client")?;
+            Some(tokio::spawn(relay.run(shutdown.clone())))
+        }
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -59,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("HTTP server")?;
     shutdown.cancel();
+    if let Some(chat) = chat {
+        chat.await.context("chat-room relay task")?;
+    }
     if let Some(relay) = relay {
         relay.await.context("relay task")?.context("outbox relay")?;
     }

@@ -106,6 +106,8 @@ pub struct Store {
     pool: PgPool,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Set when accepted offers get a chat room ([`crate::chat`]): woken after each one.
+    chat_wake: Option<Arc<Notify>>,
 }
 
 impl Store {
@@ -115,7 +117,15 @@ impl Store {
             pool,
             wake,
             metrics,
+            chat_wake: None,
         }
+    }
+
+    /// From now on, accepting an offer also requests its chat room, in the same
+    /// transaction; `wake` is notified after each such commit.
+    pub fn with_chat_rooms(mut self, wake: Arc<Notify>) -> Self {
+        self.chat_wake = Some(wake);
+        self
     }
 
     /// The connection pool.
@@ -204,8 +214,18 @@ impl Store {
         let updated = TradeOffer::from_row(&row)?;
         let change = OfferChange::StatusChanged(to);
         Self::write_event(&mut tx, change, &updated, user_id).await?;
+        let chat = self
+            .chat_wake
+            .as_ref()
+            .filter(|_| to == OfferStatus::Accepted);
+        if chat.is_some() {
+            crate::chat::enqueue(&mut tx, &updated).await?;
+        }
         tx.commit().await?;
         self.committed(change);
+        if let Some(wake) = chat {
+            wake.notify_one();
+        }
         Ok(updated)
     }
 

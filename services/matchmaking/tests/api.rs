@@ -60,7 +60,7 @@ async fn every_actor_status_and_target_gets_the_answer_of_the_transition_table()
                 let (code, body) = env.api.patch(id, actor, to).await;
                 let want = expected(actor, from, to);
                 assert_eq!(code, want, "{actor}: {from} -> {to}: {body}");
-                let (_, now) = env.api.get(&format!("/api/v1/offers/{id}")).await;
+                let (_, now) = env.api.get(&format!("/api/v2/offers/{id}")).await;
                 let events = env.events_of(id).await;
                 if want == StatusCode::OK {
                     assert_eq!(body["status"], to);
@@ -134,8 +134,11 @@ async fn each_change_writes_the_event_for_the_other_party_in_its_transaction() {
     .unwrap();
     let event =
         swappo_messaging::NotificationEvent::from_json(payload.to_string().as_bytes()).unwrap();
-    assert_eq!(event.title, "Trade Offer Accepted!");
-    assert_eq!(event.body, "Your trade offer has been accepted.");
+    assert_eq!(event.title, "Trade Offer Accepted! 🎉");
+    assert_eq!(
+        event.body,
+        "Great news! Your trade offer has been accepted."
+    );
     assert_eq!(event.related_user_id.as_deref(), Some(R));
     assert_eq!(event.related_offer_id, Some(a));
 }
@@ -160,7 +163,7 @@ async fn an_offer_change_whose_event_cannot_be_stored_is_not_committed() {
         json!({"error": {"code": "internal", "message": "internal error", "field": null}}),
         "no internals leak"
     );
-    let (_, offer) = env.api.get(&format!("/api/v1/offers/{id}")).await;
+    let (_, offer) = env.api.get(&format!("/api/v2/offers/{id}")).await;
     assert_eq!(
         offer["status"], "pending",
         "the change rolled back with its event"
@@ -187,7 +190,7 @@ trait CreateRaw {
 impl CreateRaw for Api {
     async fn create_raw(&self, p: &str, r: &str) -> (StatusCode, Value) {
         let body = json!({"proposer_id": p, "receiver_id": r, "offered_item_ids": [1], "requested_item_ids": [2]});
-        self.call(Method::POST, "/api/v1/offers", Some(body)).await
+        self.call(Method::POST, "/api/v2/offers", Some(body)).await
     }
 }
 
@@ -217,14 +220,14 @@ async fn concurrent_accept_and_reject_of_one_offer_let_exactly_one_win() {
 async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
     let env = Env::start().await;
     let id = env.api.create(P, R, &[1], &[2]).await;
-    let del = |user: &str| format!("/api/v1/offers/{id}?user_id={user}");
+    let del = |user: &str| format!("/api/v2/offers/{id}?user_id={user}");
     for (user, code) in [(R, StatusCode::FORBIDDEN), (S, StatusCode::FORBIDDEN)] {
         let (got, body) = env.api.call(Method::DELETE, &del(user), None).await;
         assert_eq!(got, code, "{user}: {body}");
     }
     let (got, body) = env
         .api
-        .call(Method::DELETE, &format!("/api/v1/offers/{id}"), None)
+        .call(Method::DELETE, &format!("/api/v2/offers/{id}"), None)
         .await;
     assert_eq!(
         (got, body["error"]["field"].clone()),
@@ -233,7 +236,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
     let (got, body) = env.api.call(Method::DELETE, &del(P), None).await;
     assert_eq!(got, StatusCode::NO_CONTENT, "{body}");
     assert_eq!(
-        env.api.get(&format!("/api/v1/offers/{id}")).await.0,
+        env.api.get(&format!("/api/v2/offers/{id}")).await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
@@ -248,7 +251,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
         .api
         .call(
             Method::DELETE,
-            &format!("/api/v1/offers/{accepted}?user_id={P}"),
+            &format!("/api/v2/offers/{accepted}?user_id={P}"),
             None,
         )
         .await;
@@ -257,7 +260,7 @@ async fn deleting_withdraws_a_pending_offer_for_its_proposer_only() {
         (StatusCode::BAD_REQUEST, json!("invalid_transition"))
     );
     assert_eq!(
-        env.api.get(&format!("/api/v1/offers/{accepted}")).await.1["status"],
+        env.api.get(&format!("/api/v2/offers/{accepted}")).await.1["status"],
         "accepted"
     );
 }
@@ -359,7 +362,7 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
     for (case, body, field) in validation {
         let got = env
             .api
-            .call(Method::POST, "/api/v1/offers", Some(body))
+            .call(Method::POST, "/api/v2/offers", Some(body))
             .await;
         assert_refused(
             case,
@@ -389,7 +392,7 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
     for (case, body) in shape {
         let got = env
             .api
-            .call(Method::POST, "/api/v1/offers", Some(body))
+            .call(Method::POST, "/api/v2/offers", Some(body))
             .await;
         assert_refused(case, got, StatusCode::BAD_REQUEST, "bad_request", None);
     }
@@ -397,7 +400,7 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
         .api
         .raw(
             Method::POST,
-            "/api/v1/offers",
+            "/api/v2/offers",
             Some("application/json"),
             "{not json",
         )
@@ -411,7 +414,7 @@ async fn a_bad_new_offer_is_refused_with_the_reason_and_nothing_is_stored() {
     );
     let got = env
         .api
-        .raw(Method::POST, "/api/v1/offers", None, &base.to_string())
+        .raw(Method::POST, "/api/v2/offers", None, &base.to_string())
         .await;
     assert_refused(
         "no content type",
@@ -439,11 +442,11 @@ type PatchCase = (
 async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
     let env = Env::start().await;
     let id = env.api.create(P, R, &[1], &[2]).await;
-    let path = format!("/api/v1/offers/{id}?user_id={R}");
+    let path = format!("/api/v2/offers/{id}?user_id={R}");
     let cases: Vec<PatchCase> = vec![
         (
             "no user",
-            format!("/api/v1/offers/{id}"),
+            format!("/api/v2/offers/{id}"),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
             "invalid_field",
@@ -451,7 +454,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
         ),
         (
             "empty user",
-            format!("/api/v1/offers/{id}?user_id="),
+            format!("/api/v2/offers/{id}?user_id="),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
             "invalid_field",
@@ -499,7 +502,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
         ),
         (
             "id not a number",
-            format!("/api/v1/offers/abc?user_id={R}"),
+            format!("/api/v2/offers/abc?user_id={R}"),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -507,7 +510,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
         ),
         (
             "id overflows",
-            format!("/api/v1/offers/99999999999999999999?user_id={R}"),
+            format!("/api/v2/offers/99999999999999999999?user_id={R}"),
             Some(json!({"status": "accepted"})),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -515,7 +518,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
         ),
         (
             "unknown offer",
-            format!("/api/v1/offers/{}?user_id={R}", id + 1000),
+            format!("/api/v2/offers/{}?user_id={R}", id + 1000),
             Some(json!({"status": "accepted"})),
             StatusCode::NOT_FOUND,
             "not_found",
@@ -538,7 +541,7 @@ async fn a_bad_status_change_is_refused_with_the_reason_and_changes_nothing() {
         None,
     );
     assert_eq!(
-        env.api.get(&format!("/api/v1/offers/{id}")).await.1["status"],
+        env.api.get(&format!("/api/v2/offers/{id}")).await.1["status"],
         "pending"
     );
     assert_eq!(env.count("outbox").await, 1, "only the creation's event");
@@ -551,168 +554,168 @@ async fn bad_reads_are_refused_with_the_reason() {
     let cases: Vec<(&str, String, StatusCode, &str, Option<&str>)> = vec![
         (
             "get: id not a number",
-            "/api/v1/offers/abc".into(),
+            "/api/v2/offers/abc".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "get: unknown id",
-            "/api/v1/offers/424242".into(),
+            "/api/v2/offers/424242".into(),
             StatusCode::NOT_FOUND,
             "not_found",
             None,
         ),
         (
             "list: no user",
-            "/api/v1/offers".into(),
+            "/api/v2/offers".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "list: blank user",
-            "/api/v1/offers?user_id=%20".into(),
+            "/api/v2/offers?user_id=%20".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "list: unknown status",
-            "/api/v1/offers?user_id=a&status=done".into(),
+            "/api/v2/offers?user_id=a&status=done".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "list: limit 0",
-            "/api/v1/offers?user_id=a&limit=0".into(),
+            "/api/v2/offers?user_id=a&limit=0".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("limit"),
         ),
         (
             "list: limit 101",
-            "/api/v1/offers?user_id=a&limit=101".into(),
+            "/api/v2/offers?user_id=a&limit=101".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("limit"),
         ),
         (
             "list: limit not a number",
-            "/api/v1/offers?user_id=a&limit=ten".into(),
+            "/api/v2/offers?user_id=a&limit=ten".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "list: negative offset",
-            "/api/v1/offers?user_id=a&offset=-1".into(),
+            "/api/v2/offers?user_id=a&offset=-1".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("offset"),
         ),
         (
             "list: flag not a bool",
-            "/api/v1/offers?user_id=a&as_proposer=maybe".into(),
+            "/api/v2/offers?user_id=a&as_proposer=maybe".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "list: both sides off",
-            "/api/v1/offers?user_id=a&as_proposer=false&as_receiver=false".into(),
+            "/api/v2/offers?user_id=a&as_proposer=false&as_receiver=false".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("as_receiver"),
         ),
         (
             "list: unknown parameter",
-            "/api/v1/offers?user_id=a&sort=asc".into(),
+            "/api/v2/offers?user_id=a&sort=asc".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "received: long user",
-            format!("/api/v1/offers/received/{long}"),
+            format!("/api/v2/offers/received/{long}"),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "received: bad limit",
-            "/api/v1/offers/received/a?limit=0".into(),
+            "/api/v2/offers/received/a?limit=0".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("limit"),
         ),
         (
             "received: unknown status",
-            "/api/v1/offers/received/a?status=x".into(),
+            "/api/v2/offers/received/a?status=x".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "sent: long user",
-            format!("/api/v1/offers/sent/{long}"),
+            format!("/api/v2/offers/sent/{long}"),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "sent: negative offset",
-            "/api/v1/offers/sent/a?offset=-5".into(),
+            "/api/v2/offers/sent/a?offset=-5".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("offset"),
         ),
         (
             "by-item: not a number",
-            "/api/v1/offers/by-item/abc".into(),
+            "/api/v2/offers/by-item/abc".into(),
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
         ),
         (
             "by-item: zero",
-            "/api/v1/offers/by-item/0".into(),
+            "/api/v2/offers/by-item/0".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("item_id"),
         ),
         (
             "by-item: negative",
-            "/api/v1/offers/by-item/-4".into(),
+            "/api/v2/offers/by-item/-4".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("item_id"),
         ),
         (
             "by-item: bad limit",
-            "/api/v1/offers/by-item/4?limit=1000".into(),
+            "/api/v2/offers/by-item/4?limit=1000".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("limit"),
         ),
         (
             "statistics: long user",
-            format!("/api/v1/statistics/{long}"),
+            format!("/api/v2/statistics/{long}"),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "statistics: padded user",
-            "/api/v1/statistics/%20a".into(),
+            "/api/v2/statistics/%20a".into(),
             StatusCode::BAD_REQUEST,
             "invalid_field",
             Some("user_id"),
         ),
         (
             "unknown route",
-            "/api/v1/nothing".into(),
+            "/api/v2/nothing".into(),
             StatusCode::NOT_FOUND,
             "not_found",
             None,
@@ -741,85 +744,85 @@ async fn listings_filter_by_side_status_item_and_page_newest_first() {
     api.must_patch(c, "carol", "accepted").await;
     let d = api.create("carol", R, &[31, 10], &[22]).await; // item 10 again, other side
 
-    let (code, created) = api.get(&format!("/api/v1/offers/{a}")).await;
+    let (code, created) = api.get(&format!("/api/v2/offers/{a}")).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(created["proposer_id"], P);
     assert_eq!(created["offered_item_ids"], json!([10]));
     assert_eq!(created["responded_at"], Value::Null);
-    let (_, accepted) = api.get(&format!("/api/v1/offers/{c}")).await;
+    let (_, accepted) = api.get(&format!("/api/v2/offers/{c}")).await;
     assert!(
         accepted["responded_at"].is_string(),
         "accepting records the response time"
     );
 
     assert_eq!(
-        ids(&api.get(&format!("/api/v1/offers?user_id={P}")).await.1),
+        ids(&api.get(&format!("/api/v2/offers?user_id={P}")).await.1),
         vec![c, b, a]
     );
     assert_eq!(
         ids(&api
-            .get(&format!("/api/v1/offers?user_id={P}&as_receiver=false"))
+            .get(&format!("/api/v2/offers?user_id={P}&as_receiver=false"))
             .await
             .1),
         vec![c, a]
     );
     assert_eq!(
         ids(&api
-            .get(&format!("/api/v1/offers?user_id={P}&as_proposer=false"))
+            .get(&format!("/api/v2/offers?user_id={P}&as_proposer=false"))
             .await
             .1),
         vec![b]
     );
     assert_eq!(
         ids(&api
-            .get(&format!("/api/v1/offers?user_id={P}&status=accepted"))
+            .get(&format!("/api/v2/offers?user_id={P}&status=accepted"))
             .await
             .1),
         vec![c]
     );
     assert_eq!(
         ids(&api
-            .get(&format!("/api/v1/offers?user_id={P}&limit=1&offset=1"))
+            .get(&format!("/api/v2/offers?user_id={P}&limit=1&offset=1"))
             .await
             .1),
         vec![b]
     );
     assert_eq!(
-        ids(&api.get(&format!("/api/v1/offers/sent/{P}")).await.1),
+        ids(&api.get(&format!("/api/v2/offers/sent/{P}")).await.1),
         vec![c, a]
     );
     assert_eq!(
-        ids(&api.get(&format!("/api/v1/offers/received/{R}")).await.1),
+        ids(&api.get(&format!("/api/v2/offers/received/{R}")).await.1),
         vec![d, a]
     );
     assert_eq!(
         ids(&api
-            .get(&format!("/api/v1/offers/received/{R}?status=accepted"))
+            .get(&format!("/api/v2/offers/received/{R}?status=accepted"))
             .await
             .1),
         Vec::<i64>::new()
     );
     assert_eq!(
-        ids(&api.get("/api/v1/offers/by-item/10").await.1),
+        ids(&api.get("/api/v2/offers/by-item/10").await.1),
         vec![d, a]
     );
     assert_eq!(
-        ids(&api.get("/api/v1/offers/by-item/10?limit=1").await.1),
+        ids(&api.get("/api/v2/offers/by-item/10?limit=1").await.1),
         vec![d]
     );
     assert_eq!(
-        ids(&api.get("/api/v1/offers/by-item/999").await.1),
+        ids(&api.get("/api/v2/offers/by-item/999").await.1),
         Vec::<i64>::new()
     );
 
-    let (code, stats) = api.get(&format!("/api/v1/statistics/{P}")).await;
+    let (code, stats) = api.get(&format!("/api/v2/statistics/{P}")).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
         stats,
         json!({"user_id": P, "total_sent": 2, "total_received": 1, "pending_sent": 1,
                "pending_received": 1, "accepted": 1, "rejected": 0, "cancelled": 0, "completed": 0})
     );
-    let (_, nobody) = api.get("/api/v1/statistics/nobody").await;
+    let (_, nobody) = api.get("/api/v2/statistics/nobody").await;
     assert_eq!(nobody["total_sent"], 0);
 }
 
@@ -837,7 +840,7 @@ async fn health_ready_and_metrics_answer_without_a_broker() {
 
     let id = env.api.create(P, R, &[1], &[2]).await;
     env.api.must_patch(id, R, "accepted").await;
-    let _ = env.api.get("/api/v1/offers/abc").await;
+    let _ = env.api.get("/api/v2/offers/abc").await;
     let text = env
         .api
         .http
@@ -881,7 +884,7 @@ async fn ready_reports_a_database_that_does_not_answer() {
     let (code, body) = api.get("/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["database"], "down");
-    let (code, body) = api.get("/api/v1/offers/1").await;
+    let (code, body) = api.get("/api/v2/offers/1").await;
     assert_eq!(
         (code, body),
         (

@@ -205,6 +205,15 @@ pub fn classify(body: &[u8]) -> Verdict {
     }
 }
 
+/// Validates a delivery against the contract, current or v0 (the original Python
+/// publisher's body, see [`crate::event::v0`]), with its AMQP `timestamp` (pure).
+pub fn classify_delivery(body: &[u8], properties: &BasicProperties) -> Verdict {
+    match crate::event::v0::parse_any(body, *properties.timestamp()) {
+        Ok(e) => Verdict::Handle(e),
+        Err(e) => Verdict::DeadLetter(e),
+    }
+}
+
 /// What a classic queue does with a message whose handling failed (pure).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClassicRetry {
@@ -457,7 +466,7 @@ impl<H: BatchHandler> Consumer<H> {
         MessagingMetrics::add(&self.metrics.consumed, deliveries.len() as u64);
         let mut valid: Vec<(Delivery, NotificationEvent)> = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            match classify(&d.data) {
+            match classify_delivery(&d.data, &d.properties) {
                 Verdict::Handle(e) => valid.push((d, e)),
                 Verdict::DeadLetter(reason) => {
                     warn!(delivery_tag = d.delivery_tag, %reason, "dead-lettering an invalid message");

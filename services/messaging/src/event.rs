@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub mod v0;
+
 /// The only schema version this library reads and writes. A consumer refuses (dead-letters)
 /// any other version instead of guessing at its meaning.
 pub const SCHEMA_VERSION: u32 = 1;

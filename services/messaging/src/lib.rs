@@ -45,6 +45,7 @@ pub mod config;
 mod connection;
 pub mod consumer;
 pub mod event;
+pub mod legacy_queue;
 pub mod metrics;
 pub mod publisher;
 pub mod topology;

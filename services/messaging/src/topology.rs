@@ -316,6 +316,11 @@ pub async fn declare_with(connection: &Connection, spec: &QueueSpec) -> Result<(
     result
 }
 
+/// A declare failure as a [`TopologyError`]: PRECONDITION_FAILED is a conflict.
+pub(crate) fn classify_error(queue: &str, source: lapin::Error) -> TopologyError {
+    classify(queue, source)
+}
+
 fn classify(queue: &str, source: lapin::Error) -> TopologyError {
     if let ErrorKind::ProtocolError(e) = source.kind()
         && matches!(

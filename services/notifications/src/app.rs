@@ -1,7 +1,7 @@
 //! Start-up and shutdown: the HTTP server first (so `/health` answers at once), then the
 //! schema, the queue, and the consumer; everything stops when the shutdown token fires.
 use crate::config::{Config, ConfigError, QueueType};
-use crate::http::{AppState, Readiness, router};
+use crate::http::{AppState, Readiness, cors, router_with_cors};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
 use crate::store::StoreBatch;
@@ -106,6 +106,10 @@ pub fn consumer_options(config: &Config) -> ConsumerOptions {
 /// hand, acks it, and stops.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Service, AppError> {
     config.check()?;
+    let cors = cors::layer(&config.cors_allowed_origins).map_err(|e| ConfigError {
+        setting: "CORS_ALLOWED_ORIGINS",
+        reason: e.to_string(),
+    })?;
     let broker = broker_config(&config)?;
     let storage = Storage::connect_lazy(
         &config.database_url,
@@ -132,7 +136,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     };
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
+        axum::serve(listener, router_with_cors(state, cors))
             .with_graceful_shutdown(server_shutdown.cancelled_owned())
             .await
             .map_err(|source| AppError::Http { addr, source })

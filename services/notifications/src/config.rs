@@ -107,6 +107,17 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
     pub bind_addr: SocketAddr,
 
+    /// Origins a browser may call the API from, comma-separated
+    /// (`https://app.example.com,https://admin.example.com`); `*` allows every origin, as
+    /// the original service did.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -181,6 +192,7 @@ impl std::fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("batch_linger_ms", &self.batch_linger_ms)
             .field("bind_addr", &self.bind_addr)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -88,7 +88,7 @@ impl ApiError {
     }
 
     /// What the client may see.
-    fn public_message(&self) -> String {
+    pub fn public_message(&self) -> String {
         match self {
             ApiError::Storage(_) if self.database_unreachable() => {
                 "database unavailable, retry later".to_string()

@@ -32,6 +32,8 @@ pub struct RawListQuery {
     /// An event type's wire name.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Keyset cursor of the previous page's last row (see [`crate::keyset`]).
+    pub cursor: Option<String>,
 }
 
 /// The `user_id` query parameter of the routes that act on one notification.
@@ -41,7 +43,7 @@ pub struct RawUserQuery {
     pub user_id: Option<String>,
 }
 
-/// Body of `PATCH /api/v1/notifications/mark-read`.
+/// Body of `PATCH /api/v2/notifications/mark-read`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarkReadBody {
@@ -49,7 +51,7 @@ pub struct MarkReadBody {
     pub notification_ids: Vec<i64>,
 }
 
-/// Body of `POST /api/v1/notifications`: an event without `schema`, with optional id
+/// Body of `POST /api/v2/notifications`: an event without `schema`, with optional id
 /// (for idempotent retries) and time, plus `related_item_id`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

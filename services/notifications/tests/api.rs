@@ -80,7 +80,7 @@ impl Api {
             events.len() as u64
         );
         let (_, list) = self
-            .get(&format!("/api/v1/notifications/{user}?limit=100"))
+            .get(&format!("/api/v2/notifications/{user}?limit=100"))
             .await;
         let mut ids: Vec<i64> = list["notifications"]
             .as_array()
@@ -130,7 +130,7 @@ async fn the_list_is_newest_first_and_pages_with_limit_and_offset() {
         .await;
     api.seed("bob", &[System]).await;
 
-    let (status, body) = api.get("/api/v1/notifications/alice").await;
+    let (status, body) = api.get("/api/v2/notifications/alice").await;
     assert_eq!(status, StatusCode::OK);
     let got: Vec<i64> = body["notifications"]
         .as_array()
@@ -147,12 +147,12 @@ async fn the_list_is_newest_first_and_pages_with_limit_and_offset() {
     assert_eq!(first["is_read"], false);
 
     let (_, page) = api
-        .get("/api/v1/notifications/alice?limit=1&offset=1")
+        .get("/api/v2/notifications/alice?limit=1&offset=1")
         .await;
     assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
     assert_eq!(page["notifications"][0]["id"], ids[1]);
 
-    let (_, nobody) = api.get("/api/v1/notifications/carol").await;
+    let (_, nobody) = api.get("/api/v2/notifications/carol").await;
     assert_eq!(nobody["notifications"], json!([]));
 }
 
@@ -162,21 +162,21 @@ async fn the_list_filters_unread_only_and_by_type() {
     let ids = api.seed("alice", &[NewMessage, NewMessage, System]).await;
     api.call(
         "PATCH",
-        &format!("/api/v1/notifications/{}/read?user_id=alice", ids[0]),
+        &format!("/api/v2/notifications/{}/read?user_id=alice", ids[0]),
         None,
     )
     .await;
 
     let (_, unread) = api
-        .get("/api/v1/notifications/alice?unread_only=true")
+        .get("/api/v2/notifications/alice?unread_only=true")
         .await;
     assert_eq!(unread["notifications"].as_array().unwrap().len(), 2);
     let (_, messages) = api
-        .get("/api/v1/notifications/alice?type=new_message")
+        .get("/api/v2/notifications/alice?type=new_message")
         .await;
     assert_eq!(messages["notifications"].as_array().unwrap().len(), 2);
     let (_, both) = api
-        .get("/api/v1/notifications/alice?type=new_message&unread_only=1")
+        .get("/api/v2/notifications/alice?type=new_message&unread_only=1")
         .await;
     assert_eq!(both["notifications"][0]["id"], ids[1]);
     assert_eq!(both["notifications"].as_array().unwrap().len(), 1);
@@ -194,15 +194,15 @@ async fn bad_list_parameters_get_a_400_naming_the_parameter() {
         ("type=trade_offer_exploded", "type"),
     ] {
         let got = api
-            .get(&format!("/api/v1/notifications/alice?{query}"))
+            .get(&format!("/api/v2/notifications/alice?{query}"))
             .await;
         let message = assert_error(&got, StatusCode::BAD_REQUEST, Some(field));
         assert!(!message.is_empty(), "{query}");
     }
-    let unknown = api.get("/api/v1/notifications/alice?type=nope").await;
+    let unknown = api.get("/api/v2/notifications/alice?type=nope").await;
     assert!(assert_error(&unknown, StatusCode::BAD_REQUEST, Some("type")).contains("item_liked"));
     let long_user = api
-        .get(&format!("/api/v1/notifications/{}", "u".repeat(101)))
+        .get(&format!("/api/v2/notifications/{}", "u".repeat(101)))
         .await;
     assert_error(&long_user, StatusCode::BAD_REQUEST, Some("user_id"));
 }
@@ -216,22 +216,22 @@ async fn unread_count_and_stats_count_only_the_users_own() {
     api.seed("bob", &[NewMessage]).await;
     api.call(
         "PATCH",
-        &format!("/api/v1/notifications/{}/read?user_id=alice", ids[2]),
+        &format!("/api/v2/notifications/{}/read?user_id=alice", ids[2]),
         None,
     )
     .await;
 
-    let (status, count) = api.get("/api/v1/notifications/alice/unread-count").await;
+    let (status, count) = api.get("/api/v2/notifications/alice/unread-count").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(count, json!({"user_id": "alice", "unread_count": 2}));
 
-    let (_, stats) = api.get("/api/v1/notifications/alice/stats").await;
+    let (_, stats) = api.get("/api/v2/notifications/alice/stats").await;
     assert_eq!(
         stats,
         json!({"user_id": "alice", "total": 3, "unread": 2, "read": 1,
                "by_type": {"new_message": 2, "trade_completed": 1}})
     );
-    let (_, empty) = api.get("/api/v1/notifications/nobody/stats").await;
+    let (_, empty) = api.get("/api/v2/notifications/nobody/stats").await;
     assert_eq!(empty["total"], 0);
 }
 
@@ -240,7 +240,7 @@ async fn marking_one_read_keeps_the_first_read_time_and_refuses_someone_elses() 
     let api = api().await;
     let ids = api.seed("alice", &[NewMessage]).await;
     let bob = api.seed("bob", &[NewMessage]).await;
-    let uri = format!("/api/v1/notifications/{}/read?user_id=alice", ids[0]);
+    let uri = format!("/api/v2/notifications/{}/read?user_id=alice", ids[0]);
 
     let (status, first) = api.call("PATCH", &uri, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -251,12 +251,12 @@ async fn marking_one_read_keeps_the_first_read_time_and_refuses_someone_elses() 
     let someone_elses = api
         .call(
             "PATCH",
-            &format!("/api/v1/notifications/{}/read?user_id=alice", bob[0]),
+            &format!("/api/v2/notifications/{}/read?user_id=alice", bob[0]),
             None,
         )
         .await;
     assert_error(&someone_elses, StatusCode::NOT_FOUND, None);
-    let (_, bobs) = api.get("/api/v1/notifications/bob").await;
+    let (_, bobs) = api.get("/api/v2/notifications/bob").await;
     assert_eq!(
         bobs["notifications"][0]["is_read"], false,
         "bob's notification was not touched"
@@ -265,7 +265,7 @@ async fn marking_one_read_keeps_the_first_read_time_and_refuses_someone_elses() 
     let malformed = api
         .call(
             "PATCH",
-            "/api/v1/notifications/abc/read?user_id=alice",
+            "/api/v2/notifications/abc/read?user_id=alice",
             None,
         )
         .await;
@@ -273,7 +273,7 @@ async fn marking_one_read_keeps_the_first_read_time_and_refuses_someone_elses() 
     let no_user = api
         .call(
             "PATCH",
-            &format!("/api/v1/notifications/{}/read", ids[0]),
+            &format!("/api/v2/notifications/{}/read", ids[0]),
             None,
         )
         .await;
@@ -281,7 +281,7 @@ async fn marking_one_read_keeps_the_first_read_time_and_refuses_someone_elses() 
     let missing = api
         .call(
             "PATCH",
-            "/api/v1/notifications/999999/read?user_id=alice",
+            "/api/v2/notifications/999999/read?user_id=alice",
             None,
         )
         .await;
@@ -293,7 +293,7 @@ async fn marking_many_read_is_all_or_nothing() {
     let api = api().await;
     let ids = api.seed("alice", &[NewMessage, NewMessage, System]).await;
     let bob = api.seed("bob", &[NewMessage]).await;
-    let uri = "/api/v1/notifications/mark-read?user_id=alice";
+    let uri = "/api/v2/notifications/mark-read?user_id=alice";
 
     let with_bobs = api
         .call(
@@ -304,7 +304,7 @@ async fn marking_many_read_is_all_or_nothing() {
         .await;
     let message = assert_error(&with_bobs, StatusCode::NOT_FOUND, None);
     assert!(message.contains(&bob[0].to_string()), "{message}");
-    let (_, count) = api.get("/api/v1/notifications/alice/unread-count").await;
+    let (_, count) = api.get("/api/v2/notifications/alice/unread-count").await;
     assert_eq!(count["unread_count"], 3, "nothing was marked");
 
     let (status, done) = api
@@ -316,7 +316,7 @@ async fn marking_many_read_is_all_or_nothing() {
         .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["newly_read"], 2);
-    let (_, count) = api.get("/api/v1/notifications/alice/unread-count").await;
+    let (_, count) = api.get("/api/v2/notifications/alice/unread-count").await;
     assert_eq!(count["unread_count"], 1);
 
     let empty = api
@@ -332,7 +332,7 @@ async fn marking_many_read_is_all_or_nothing() {
     let no_user = api
         .call(
             "PATCH",
-            "/api/v1/notifications/mark-read",
+            "/api/v2/notifications/mark-read",
             Some(json!({"notification_ids": [1]})),
         )
         .await;
@@ -358,23 +358,23 @@ async fn deleting_one_removes_only_the_users_own_notification() {
     let (status, body) = api
         .call(
             "DELETE",
-            &format!("/api/v1/notifications/{}?user_id=alice", ids[0]),
+            &format!("/api/v2/notifications/{}?user_id=alice", ids[0]),
             None,
         )
         .await;
     assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
-    let (_, left) = api.get("/api/v1/notifications/alice").await;
+    let (_, left) = api.get("/api/v2/notifications/alice").await;
     assert_eq!(left["notifications"].as_array().unwrap().len(), 1);
 
     let someone_elses = api
         .call(
             "DELETE",
-            &format!("/api/v1/notifications/{}?user_id=alice", bob[0]),
+            &format!("/api/v2/notifications/{}?user_id=alice", bob[0]),
             None,
         )
         .await;
     assert_error(&someone_elses, StatusCode::NOT_FOUND, None);
-    let (_, bobs) = api.get("/api/v1/notifications/bob").await;
+    let (_, bobs) = api.get("/api/v2/notifications/bob").await;
     assert_eq!(
         bobs["notifications"].as_array().unwrap().len(),
         1,
@@ -384,13 +384,13 @@ async fn deleting_one_removes_only_the_users_own_notification() {
     let gone = api
         .call(
             "DELETE",
-            &format!("/api/v1/notifications/{}?user_id=alice", ids[0]),
+            &format!("/api/v2/notifications/{}?user_id=alice", ids[0]),
             None,
         )
         .await;
     assert_error(&gone, StatusCode::NOT_FOUND, None);
     let malformed = api
-        .call("DELETE", "/api/v1/notifications/-4?user_id=alice", None)
+        .call("DELETE", "/api/v2/notifications/-4?user_id=alice", None)
         .await;
     assert_error(&malformed, StatusCode::BAD_REQUEST, Some("id"));
 }
@@ -402,14 +402,14 @@ async fn deleting_all_of_a_user_leaves_other_users_alone() {
     api.seed("bob", &[NewMessage]).await;
 
     let (status, body) = api
-        .call("DELETE", "/api/v1/notifications/user/alice", None)
+        .call("DELETE", "/api/v2/notifications/user/alice", None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"user_id": "alice", "deleted": 3}));
-    let (_, bobs) = api.get("/api/v1/notifications/bob/unread-count").await;
+    let (_, bobs) = api.get("/api/v2/notifications/bob/unread-count").await;
     assert_eq!(bobs["unread_count"], 1);
     let (_, again) = api
-        .call("DELETE", "/api/v1/notifications/user/alice", None)
+        .call("DELETE", "/api/v2/notifications/user/alice", None)
         .await;
     assert_eq!(again["deleted"], 0);
 }
@@ -422,14 +422,14 @@ async fn direct_creation_stores_a_valid_notification_once() {
                       "body": "bob liked your bike", "related_user_id": "bob", "related_item_id": 9});
 
     let (status, created) = api
-        .call("POST", "/api/v1/notifications", Some(body.clone()))
+        .call("POST", "/api/v2/notifications", Some(body.clone()))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["event_id"], id.to_string());
     assert_eq!(created["related_item_id"], 9);
     assert_eq!(created["type"], "item_liked");
 
-    let again = api.call("POST", "/api/v1/notifications", Some(body)).await;
+    let again = api.call("POST", "/api/v2/notifications", Some(body)).await;
     assert_error(&again, StatusCode::CONFLICT, None);
     assert_eq!(api.storage.count().await.unwrap(), (1, 1));
 }
@@ -452,20 +452,20 @@ async fn direct_creation_refuses_what_the_event_contract_refuses() {
         (with("related_item_id", json!(0)), "related_item_id"),
     ] {
         let got = api
-            .call("POST", "/api/v1/notifications", Some(body.clone()))
+            .call("POST", "/api/v2/notifications", Some(body.clone()))
             .await;
         assert_error(&got, StatusCode::BAD_REQUEST, Some(field));
     }
     let mut missing = valid.clone();
     missing.as_object_mut().unwrap().remove("title");
     let got = api
-        .call("POST", "/api/v1/notifications", Some(missing))
+        .call("POST", "/api/v2/notifications", Some(missing))
         .await;
     assert!(assert_error(&got, StatusCode::UNPROCESSABLE_ENTITY, None).contains("title"));
     let got = api
         .call(
             "POST",
-            "/api/v1/notifications",
+            "/api/v2/notifications",
             Some(with("titel", json!("typo"))),
         )
         .await;
@@ -473,7 +473,7 @@ async fn direct_creation_refuses_what_the_event_contract_refuses() {
     let got = api
         .call(
             "POST",
-            "/api/v1/notifications",
+            "/api/v2/notifications",
             Some(with("id", json!("not-a-uuid"))),
         )
         .await;
@@ -482,7 +482,7 @@ async fn direct_creation_refuses_what_the_event_contract_refuses() {
         &api.router,
         Request::builder()
             .method("POST")
-            .uri("/api/v1/notifications")
+            .uri("/api/v2/notifications")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from("{\"user_id\": "))
             .unwrap(),
@@ -520,7 +520,7 @@ async fn an_internal_error_says_only_internal_error() {
         .execute(api.storage.pool())
         .await
         .unwrap();
-    let got = api.get("/api/v1/notifications/alice").await;
+    let got = api.get("/api/v2/notifications/alice").await;
     let message = assert_error(&got, StatusCode::INTERNAL_SERVER_ERROR, None);
     assert_eq!(message, "internal error");
     assert!(!got.1.to_string().contains("relation"), "{}", got.1);
@@ -568,7 +568,7 @@ async fn health_always_answers_and_ready_needs_database_and_broker() {
     );
     let (status, body) = send(
         &db_down,
-        Request::get("/api/v1/notifications/alice")
+        Request::get("/api/v2/notifications/alice")
             .body(Body::empty())
             .unwrap(),
     )

@@ -35,6 +35,7 @@ fn config(database_url: &str, amqp_url: &str) -> Config {
         batch_size: 100,
         batch_linger_ms: 20,
         bind_addr: "127.0.0.1:0".parse().unwrap(),
+        cors_allowed_origins: vec!["*".into()],
         log_format: LogFormat::Text,
     }
 }

@@ -1,9 +1,12 @@
 //! The HTTP API: one module per route group, each exposing `router()`.
+pub mod compat;
+pub mod cors;
 pub mod extract;
 pub mod health;
 pub mod offers;
 pub mod statistics;
 
+use crate::catalog::Catalog;
 use crate::error::ErrorCode;
 use crate::metrics::Metrics;
 use crate::relay::BrokerStatus;
@@ -21,12 +24,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The relay's broker connection; `None` when this instance runs no relay.
     pub broker: Option<Arc<BrokerStatus>>,
+    /// The catalog that new offers are checked against; `None`: no check.
+    pub catalog: Option<Catalog>,
 }
 
-/// The whole API.
+/// The whole API: the original's routes and shapes under `/api/v1` ([`compat`]), ours
+/// under `/api/v2`, the probes.
 pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
+        .merge(compat::router())
         .merge(offers::router())
         .merge(statistics::router())
         .merge(health::router())

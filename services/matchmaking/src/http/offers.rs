@@ -1,4 +1,4 @@
-//! `/api/v1/offers`: create, read, list, change status, withdraw.
+//! `/api/v2/offers`: create, read, list, change status, withdraw.
 use super::AppState;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::error::{Error, Result};
@@ -18,14 +18,14 @@ pub const MAX_LIMIT: i64 = 100;
 /// The offer routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/offers", get(list).post(create))
+        .route("/api/v2/offers", get(list).post(create))
         .route(
-            "/api/v1/offers/{id}",
+            "/api/v2/offers/{id}",
             get(get_one).patch(change_status).delete(withdraw),
         )
-        .route("/api/v1/offers/received/{user_id}", get(received))
-        .route("/api/v1/offers/sent/{user_id}", get(sent))
-        .route("/api/v1/offers/by-item/{item_id}", get(by_item))
+        .route("/api/v2/offers/received/{user_id}", get(received))
+        .route("/api/v2/offers/sent/{user_id}", get(sent))
+        .route("/api/v2/offers/by-item/{item_id}", get(by_item))
 }
 
 /// Paging and status filter shared by the list routes.
@@ -58,7 +58,7 @@ impl PageQuery {
     }
 }
 
-/// `GET /api/v1/offers` query.
+/// `GET /api/v2/offers` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -108,6 +108,9 @@ async fn create(
     ApiJson(offer): ApiJson<NewOffer>,
 ) -> Result<(StatusCode, Json<TradeOffer>)> {
     let offer = offer.validate()?;
+    if let Some(catalog) = &s.catalog {
+        crate::catalog::gate(catalog, &offer).await?;
+    }
     Ok((StatusCode::CREATED, Json(s.store.create(&offer).await?)))
 }
 

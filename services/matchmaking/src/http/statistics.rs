@@ -1,4 +1,4 @@
-//! `/api/v1/statistics`: a user's offer counts.
+//! `/api/v2/statistics`: a user's offer counts.
 use super::AppState;
 use super::extract::ApiPath;
 use crate::error::Result;
@@ -10,7 +10,7 @@ use axum::{Json, Router};
 
 /// The statistics route.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/statistics/{user_id}", get(statistics))
+    Router::new().route("/api/v2/statistics/{user_id}", get(statistics))
 }
 
 async fn statistics(

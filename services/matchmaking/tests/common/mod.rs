@@ -194,7 +194,7 @@ impl Api {
         let (status, body) = self
             .call(
                 Method::POST,
-                "/api/v1/offers",
+                "/api/v2/offers",
                 Some(json!({
                     "proposer_id": proposer, "receiver_id": receiver,
                     "offered_item_ids": offered, "requested_item_ids": requested,
@@ -208,7 +208,7 @@ impl Api {
     pub async fn patch(&self, id: i64, user: &str, status: &str) -> (StatusCode, Value) {
         self.call(
             Method::PATCH,
-            &format!("/api/v1/offers/{id}?user_id={user}"),
+            &format!("/api/v2/offers/{id}?user_id={user}"),
             Some(json!({ "status": status })),
         )
         .await

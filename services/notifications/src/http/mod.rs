@@ -5,6 +5,8 @@ use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+pub mod compat;
+pub mod cors;
 mod extract;
 mod notifications;
 mod probes;
@@ -53,10 +55,21 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
 }
 
-/// Every route of the service.
+/// Every route of the service, with CORS allowing every origin (the original's default).
 pub fn router(state: AppState) -> Router {
+    router_with_cors(
+        state,
+        cors::layer(&[]).expect("every origin is a valid CORS setting"),
+    )
+}
+
+/// Every route of the service: the original's API under `/api/v1` ([`compat`]), ours under
+/// `/api/v2`, the probes; `cors` applies to all of them.
+pub fn router_with_cors(state: AppState, cors: tower_http::cors::CorsLayer) -> Router {
     Router::new()
+        .merge(compat::router())
         .merge(notifications::router())
         .merge(probes::router())
+        .layer(cors)
         .with_state(state)
 }

@@ -1,10 +1,14 @@
-//! `/api/v1/notifications`: a user's notifications, read marks, deletion, direct creation.
+//! `/api/v2/notifications`: a user's notifications, read marks, deletion, direct creation,
+//! in this service's own shapes (richer than the original's, which `/api/v1` keeps:
+//! [`super::compat`]). The list is an object with `next_cursor` for keyset paging; stats
+//! count per type; errors are `{"error": {"code", "message", "field"}}`.
 //!
 //! The routes act for the user named in the path or in `?user_id=`; a notification id that
 //! is not that user's answers 404 exactly like one that does not exist.
 use super::AppState;
 use super::extract::{Json, Path, Query};
 use crate::error::{ApiError, Result};
+use crate::keyset;
 use crate::params::{self, CreateBody, MarkReadBody, RawListQuery, RawUserQuery};
 use crate::storage::{MarkRead, Notification};
 use axum::Router;
@@ -17,19 +21,19 @@ pub(super) fn router() -> Router<AppState> {
     // One parameter name per path position: the router cannot tell `{user_id}` and `{id}`
     // apart in the same place, so `{key}` is a user id or a notification id by route.
     Router::new()
-        .route("/api/v1/notifications", post(create))
-        .route("/api/v1/notifications/mark-read", patch(mark_many_read))
-        .route("/api/v1/notifications/user/{key}", delete(delete_all))
-        .route("/api/v1/notifications/{key}", get(list).delete(delete_one))
+        .route("/api/v2/notifications", post(create))
+        .route("/api/v2/notifications/mark-read", patch(mark_many_read))
+        .route("/api/v2/notifications/user/{key}", delete(delete_all))
+        .route("/api/v2/notifications/{key}", get(list).delete(delete_one))
         .route(
-            "/api/v1/notifications/{key}/unread-count",
+            "/api/v2/notifications/{key}/unread-count",
             get(unread_count),
         )
-        .route("/api/v1/notifications/{key}/stats", get(stats))
-        .route("/api/v1/notifications/{key}/read", patch(mark_read))
+        .route("/api/v2/notifications/{key}/stats", get(stats))
+        .route("/api/v2/notifications/{key}/read", patch(mark_read))
 }
 
-/// `GET /api/v1/notifications/{user_id}?unread_only&type&limit&offset`: newest first.
+/// `GET /api/v2/notifications/{user_id}?unread_only&type&limit&offset|cursor`: newest first.
 async fn list(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -37,17 +41,19 @@ async fn list(
 ) -> Result<axum::Json<Value>> {
     let user_id = params::user_id("user_id", Some(&user_id))?;
     let q = params::list_query(&raw)?;
-    let rows = state.storage.list(&user_id, &q).await?;
+    let cursor = keyset::cursor_param(&q, raw.cursor.as_deref())?;
+    let (rows, next) = keyset::page(&state.storage, &user_id, &q, cursor).await?;
     Ok(axum::Json(json!({
         "user_id": user_id,
         "notifications": rows,
         "limit": q.limit,
         "offset": q.offset,
         "unread_only": q.unread_only,
+        "next_cursor": next.map(|c| c.encode()),
     })))
 }
 
-/// `GET /api/v1/notifications/{user_id}/unread-count`.
+/// `GET /api/v2/notifications/{user_id}/unread-count`.
 async fn unread_count(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -57,7 +63,7 @@ async fn unread_count(
     Ok(axum::Json(json!({"user_id": user_id, "unread_count": n})))
 }
 
-/// `GET /api/v1/notifications/{user_id}/stats`: total, unread, read, per type.
+/// `GET /api/v2/notifications/{user_id}/stats`: total, unread, read, per type.
 async fn stats(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -73,7 +79,7 @@ async fn stats(
     })))
 }
 
-/// `PATCH /api/v1/notifications/mark-read?user_id=` with `{"notification_ids": [..]}`:
+/// `PATCH /api/v2/notifications/mark-read?user_id=` with `{"notification_ids": [..]}`:
 /// all or nothing; ids that are not the user's make it a 404 naming them.
 async fn mark_many_read(
     State(state): State<AppState>,
@@ -94,7 +100,7 @@ async fn mark_many_read(
     }
 }
 
-/// `PATCH /api/v1/notifications/{id}/read?user_id=`: the updated notification.
+/// `PATCH /api/v2/notifications/{id}/read?user_id=`: the updated notification.
 async fn mark_read(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -110,7 +116,7 @@ async fn mark_read(
         .ok_or_else(|| not_found(id, &user_id))
 }
 
-/// `DELETE /api/v1/notifications/{id}?user_id=`: 204.
+/// `DELETE /api/v2/notifications/{id}?user_id=`: 204.
 async fn delete_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -125,7 +131,7 @@ async fn delete_one(
     }
 }
 
-/// `DELETE /api/v1/notifications/user/{user_id}`: how many were deleted.
+/// `DELETE /api/v2/notifications/user/{user_id}`: how many were deleted.
 async fn delete_all(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -135,7 +141,7 @@ async fn delete_all(
     Ok(axum::Json(json!({"user_id": user_id, "deleted": deleted})))
 }
 
-/// `POST /api/v1/notifications`: 201 with the stored notification; 409 when the event id
+/// `POST /api/v2/notifications`: 201 with the stored notification; 409 when the event id
 /// is already stored.
 async fn create(
     State(state): State<AppState>,
