@@ -1,0 +1,150 @@
+//! What the controller and the autoscaler share: the settings, the API client, the Event
+//! recorder, the metrics and the watch caches. Its own module so that neither loop imports
+//! the other.
+use crate::broker::amqp::Target;
+use crate::builders::MANAGER;
+use crate::crd::SwappoMessaging;
+use crate::metrics::Metrics;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
+};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tracing::warn;
+
+/// Reconciler settings (from the flags, or set directly by tests).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Dial this instead of the broker's endpoint (development only).
+    pub broker_override: Option<Target>,
+    /// AMQP login timeout.
+    pub amqp_timeout: Duration,
+    /// Requeue interval while the broker is ready.
+    pub recheck: Duration,
+    /// Requeue interval while it is not.
+    pub retry: Duration,
+    /// `reportingInstance` of Events.
+    pub instance: String,
+    /// Reconciles run at once (0: unbounded).
+    pub concurrency: u16,
+    /// Management API `host:port` instead of the derived one (development only).
+    pub management_override: Option<String>,
+    /// Autoscaler poll interval.
+    pub autoscale_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            broker_override: None,
+            amqp_timeout: Duration::from_secs(5),
+            recheck: Duration::from_secs(60),
+            retry: Duration::from_secs(10),
+            instance: "swappo-operator".into(),
+            concurrency: 16,
+            management_override: None,
+            autoscale_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Watch caches of the objects the operator owns (selected by its `managed-by` label) and of
+/// the watched namespaces' ReplicaSets, filled by the controller's own watches (the same
+/// streams that trigger reconciles). A reconcile reads them first and goes to the API server
+/// only on a miss, or when the cached copy differs from its decision: then a live read
+/// confirms before anything is written, so a cache that lags never causes a write or an
+/// Event. In a steady state a reconcile reads none of its owned objects from the server.
+#[derive(Clone)]
+pub struct Caches {
+    /// Secrets the operator owns (its credentials Secrets).
+    pub secrets: Store<Secret>,
+    /// Broker ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Broker volume claims.
+    pub claims: Store<PersistentVolumeClaim>,
+    /// Broker Deployments.
+    pub deployments: Store<Deployment>,
+    /// Broker Services.
+    pub services: Store<Service>,
+    /// Every ReplicaSet in the watched namespaces (the clean-up's first look).
+    pub replica_sets: Store<ReplicaSet>,
+}
+
+/// `name` in `ns` from `cache`, if the cache holds it.
+pub fn cached<K>(cache: Option<&Store<K>>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    cache?.get(&ObjectRef::new(name).within(ns))
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    /// The watch caches, once [`crate::controller::run_controller`] has started the watches.
+    pub caches: OnceLock<Caches>,
+    pub(crate) failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(settings.instance.clone()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            caches: OnceLock::new(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Publishes an Event on `sm`, with no related object.
+    pub async fn event(&self, sm: &SwappoMessaging, warning: bool, reason: &str, note: String) {
+        self.event_about(sm, warning, reason, note, None).await;
+    }
+
+    /// Publishes an Event on `sm`, `related` to a child object when given (the recorder folds
+    /// Events with the same reason and related object into one series).
+    pub async fn event_about(
+        &self,
+        sm: &SwappoMessaging,
+        warning: bool,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: related,
+        };
+        if let Err(e) = self.recorder.publish(&event, &sm.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish an Event");
+        } else {
+            self.metrics.wrote("Event");
+        }
+    }
+}
