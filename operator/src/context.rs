@@ -4,14 +4,17 @@
 use crate::broker::amqp::Target;
 use crate::builders::MANAGER;
 use crate::crd::SwappoMessaging;
+use crate::decisions::claims::Autoscaler;
 use crate::metrics::Metrics;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
 };
+use kube::api::DynamicObject;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -73,6 +76,54 @@ pub struct Caches {
     pub services: Store<Service>,
     /// Every ReplicaSet in the watched namespaces (the clean-up's first look).
     pub replica_sets: Store<ReplicaSet>,
+    /// HorizontalPodAutoscalers in the watched namespaces: a consumer Deployment one of them
+    /// targets is not scaled by the autoscaler.
+    pub hpas: Store<HorizontalPodAutoscaler>,
+    /// KEDA ScaledObjects, the same way (`None`: KEDA's CRD was not installed at start).
+    pub scaled_objects: Option<Store<DynamicObject>>,
+}
+
+impl Caches {
+    /// The autoscalers (HPAs, ScaledObjects) in `ns` that target a Deployment.
+    pub fn autoscalers(&self, ns: &str) -> Vec<Autoscaler> {
+        let mut out: Vec<Autoscaler> = self
+            .hpas
+            .state()
+            .iter()
+            .filter(|h| h.namespace().as_deref() == Some(ns))
+            .filter_map(|h| {
+                let target = &h.spec.scale_target_ref;
+                (target.kind == "Deployment").then(|| Autoscaler {
+                    kind: "HorizontalPodAutoscaler",
+                    name: h.name_any(),
+                    target: target.name.clone(),
+                })
+            })
+            .collect();
+        if let Some(objects) = &self.scaled_objects {
+            out.extend(
+                objects
+                    .state()
+                    .iter()
+                    .filter(|o| o.namespace().as_deref() == Some(ns))
+                    .filter_map(|o| {
+                        let target = o.data.get("spec")?.get("scaleTargetRef")?;
+                        // KEDA's default target kind is a Deployment.
+                        let kind = target
+                            .get("kind")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or("Deployment");
+                        let name = target.get("name")?.as_str()?.to_owned();
+                        (kind == "Deployment").then(|| Autoscaler {
+                            kind: "ScaledObject",
+                            name: o.name_any(),
+                            target: name,
+                        })
+                    }),
+            );
+        }
+        out
+    }
 }
 
 /// `name` in `ns` from `cache`, if the cache holds it.

@@ -2,6 +2,7 @@
 //! reconcile ([`reconcile`]: a list of steps), its error policy, the generic apply step for
 //! owned objects ([`owned`]), the credentials, the stale-ReplicaSet clean-up and the status
 //! write. It starts the autoscaler ([`crate::scaler`]) beside it on the same caches.
+pub mod autoscalers;
 pub mod cleanup;
 pub mod credentials;
 pub mod error_policy;
@@ -67,7 +68,8 @@ where
 
 /// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all),
 /// the objects it owns (selected by the `managed-by` label) and ReplicaSets, each watch also
-/// filling the [`Caches`] the reconciler reads.
+/// filling the [`Caches`] the reconciler reads, and the other autoscalers (HPAs, KEDA
+/// ScaledObjects) the scaler must not fight.
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<&str>,
@@ -100,8 +102,11 @@ pub async fn run_controller(
         watcher::Config::default(),
         trim_replica_set,
     );
+    let (hpas, scaled_objects, autoscaler_watches) = autoscalers::watch(client, namespace).await;
     // One controller per context (per process): set once.
     let _ = ctx.caches.set(Caches {
+        hpas,
+        scaled_objects,
         secrets: secrets_cache,
         config_maps: config_maps_cache,
         claims: claims_cache,
@@ -134,7 +139,7 @@ pub async fn run_controller(
         .owns_stream(secrets)
         .owns_stream(claims)
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
@@ -142,7 +147,11 @@ pub async fn run_controller(
                 Err(e) => debug!(error = %e, "reconcile did not complete"),
             }
         });
-    tokio::join!(controller, scaler);
+    // The other autoscalers' watches only fill caches; they stop with the controller.
+    let watches = futures::stream::select_all(autoscaler_watches)
+        .take_until(shutdown.cancelled_owned())
+        .for_each(|()| async {});
+    tokio::join!(controller, scaler, watches);
     info!("controller stopped");
 }
 

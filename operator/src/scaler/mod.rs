@@ -87,7 +87,7 @@ pub async fn run(
                         .any(|c| &c.deployment == deployment)
             })
         });
-        for sm in list {
+        for sm in &list {
             if sm.spec.queues.is_empty() && sm.spec.consumers.is_empty() {
                 continue;
             }
@@ -103,7 +103,8 @@ pub async fn run(
             }
             let now = origin.elapsed();
             let mut conn = connections.remove(&key);
-            let result = pass::scale_one(&ctx, &http, &sm, &mut histories, &mut conn, now).await;
+            let result =
+                pass::scale_one(&ctx, &http, sm, &list, &mut histories, &mut conn, now).await;
             if let Some(conn) = conn {
                 connections.insert(key, conn);
             }

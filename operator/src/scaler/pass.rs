@@ -7,6 +7,7 @@ use super::status::{Observation, write};
 use crate::context::Context;
 use crate::crd::{ConsumerStatus, SwappoMessaging};
 use crate::decisions::autoscale::{self, DepthSource, History, Policy};
+use crate::decisions::claims::{self, Refusal};
 use crate::decisions::status::Verdict;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -15,6 +16,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use lapin::Connection;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -31,11 +33,13 @@ pub fn policy(c: &crate::crd::ConsumerSpec) -> Policy {
     }
 }
 
-/// One pass over one resource.
+/// One pass over one resource; `claimants` are all the resources the operator knows (a
+/// Deployment named by several is scaled by the oldest only).
 pub(super) async fn scale_one(
     ctx: &Context,
     http: &reqwest::Client,
     sm: &SwappoMessaging,
+    claimants: &[Arc<SwappoMessaging>],
     histories: &mut Histories,
     amqp: &mut Option<Connection>,
     now: Duration,
@@ -49,7 +53,13 @@ pub(super) async fn scale_one(
     let previous = sm.status.clone().unwrap_or_default();
     let stamp =
         Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let autoscalers = ctx
+        .caches
+        .get()
+        .map_or_else(Vec::new, |c| c.autoscalers(&ns));
     let mut consumers = Vec::new();
+    let mut refused: Vec<Refusal> = Vec::new();
+    let mut refused_messages = Vec::new();
     let mut missing = Vec::new();
     let mut failed = Vec::new();
     for c in &sm.spec.consumers {
@@ -59,6 +69,20 @@ pub(super) async fn scale_one(
             .iter()
             .find(|p| p.deployment == c.deployment)
             .and_then(|p| p.last_scale_time.clone());
+        // One writer per Deployment's replicas: another autoscaler, or an older resource
+        // naming the same Deployment, keeps it; this one writes nothing to it.
+        if let Some(refusal) = claims::refusal(sm, &c.deployment, claimants, &autoscalers) {
+            histories.remove(&key);
+            consumers.push(ConsumerStatus {
+                deployment: c.deployment.clone(),
+                reason: refusal.reason().into(),
+                last_scale_time,
+                ..ConsumerStatus::default()
+            });
+            refused.push(refusal.clone());
+            refused_messages.push(refusal.message(&c.deployment));
+            continue;
+        }
         // A consumer's Deployment is the user's, not in the operator's caches: read live (its
         // replicas are what the decision starts from).
         ctx.metrics.read("Deployment");
@@ -153,7 +177,13 @@ pub(super) async fn scale_one(
         });
     }
 
-    let verdict = if !missing.is_empty() {
+    let verdict = if let Some(first) = refused.first() {
+        Verdict {
+            ok: false,
+            reason: first.reason(),
+            message: refused_messages.join("; "),
+        }
+    } else if !missing.is_empty() {
         Verdict {
             ok: false,
             reason: "DeploymentNotFound",
