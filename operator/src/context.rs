@@ -5,6 +5,7 @@ use crate::broker::amqp::Target;
 use crate::builders::MANAGER;
 use crate::crd::SwappoMessaging;
 use crate::decisions::claims::Autoscaler;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -18,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Reconciler settings (from the flags, or set directly by tests).
@@ -147,6 +149,8 @@ pub struct Context {
     /// The watch caches, once [`crate::controller::run_controller`] has started the watches.
     pub caches: OnceLock<Caches>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
+    /// Cancelled when this replica lost the leader Lease: from then on nothing is written.
+    lost_leadership: CancellationToken,
 }
 
 impl Context {
@@ -163,7 +167,26 @@ impl Context {
             settings,
             caches: OnceLock::new(),
             failures: Mutex::default(),
+            lost_leadership: CancellationToken::new(),
         }
+    }
+
+    /// Stops every write of this process: called at once when the leader Lease is lost, so
+    /// a reconcile or an autoscaler pass in flight writes nothing more while another replica
+    /// leads.
+    pub fn stop_writing(&self) {
+        self.lost_leadership.cancel();
+    }
+
+    /// `Ok` while this replica may write; [`Error::LostLeadership`] once it lost the Lease.
+    /// Checked right before every write (apply, create, delete, scale, status, Event).
+    pub fn may_write(&self) -> Result<()> {
+        if self.lost_leadership.is_cancelled() {
+            return Err(Error::LostLeadership(
+                "stopped writing: another replica may lead".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Publishes an Event on `sm`, with no related object.
@@ -192,10 +215,29 @@ impl Context {
             action: "Reconcile".into(),
             secondary: related,
         };
+        if self.may_write().is_err() {
+            return;
+        }
         if let Err(e) = self.recorder.publish(&event, &sm.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish an Event");
         } else {
             self.metrics.wrote("Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_the_lease_is_lost_every_write_is_refused() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client (never used)");
+        let ctx = Context::new(client, Arc::new(Metrics::default()), Settings::default());
+        assert!(ctx.may_write().is_ok());
+        ctx.stop_writing();
+        let refused = ctx.may_write().unwrap_err();
+        assert_eq!(refused.kind(), "lost_leadership");
     }
 }

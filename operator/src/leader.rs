@@ -9,6 +9,19 @@
 //! - Every write carries the `resourceVersion` it read: of two racing candidates one gets a
 //!   409 Conflict and stays a candidate.
 //! - On graceful shutdown the leader clears the holder, so a standby takes over at once.
+//! - When the Lease is lost, [`crate::run`] stops every write at once
+//!   ([`crate::context::Context::stop_writing`]) and drops the controller without waiting
+//!   for the reconciles in flight; the process exits with an error and restarts as a
+//!   candidate.
+//!
+//! Why not a lease crate: kube-lease-manager (0.13, on kube 5) judges expiry from the
+//! holder's `renewTime` against the local clock (skew tolerated up to a setting), where this
+//! elector measures how long the record stayed unchanged on its own clock (client-go's rule,
+//! immune to skew); and when renewals fail its watch keeps reporting leadership while it backs
+//! off, where this one steps down after the renew deadline, before a standby may take over.
+//! kubert's `LeaseManager` needs the Lease created beforehand and brings kubert's runtime.
+//! Neither signals a loss sooner than its next renewal, so the check before every write is
+//! needed with either.
 use crate::decisions::lease::{Record, Timing, Verdict, next_spec, record, verdict};
 use crate::error::{Error, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};

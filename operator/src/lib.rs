@@ -121,20 +121,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let ctx = Arc::new(Context::new(client, metrics.clone(), settings));
     let controller_stop = shutdown.child_token();
-    let controller =
-        controller::run_controller(ctx, config.namespace.as_deref(), controller_stop.clone());
-    let hold = async {
-        let held = match elector.as_mut() {
-            Some(elector) => elector.hold(&shutdown).await,
-            None => {
-                shutdown.cancelled().await;
-                Ok(())
+    let mut controller = std::pin::pin!(controller::run_controller(
+        ctx.clone(),
+        config.namespace.as_deref(),
+        controller_stop.clone(),
+    ));
+    let held = {
+        let hold = async {
+            match elector.as_mut() {
+                Some(elector) => elector.hold(&shutdown).await,
+                None => {
+                    shutdown.cancelled().await;
+                    Ok(())
+                }
             }
         };
-        controller_stop.cancel();
-        held
+        tokio::select! {
+            held = hold => held,
+            () = &mut controller => Ok(()),
+        }
     };
-    let (held, ()) = tokio::join!(hold, controller);
+    match &held {
+        // Another replica may lead now: nothing more is written (every write checks), and
+        // the controller is dropped at once, reconciles and the autoscaler's pass in flight
+        // with it, without waiting for them (client-go operators exit the same way).
+        Err(e) => {
+            ctx.stop_writing();
+            warn!(error = %e, "lost the leader lease: no more writes, stopping at once");
+        }
+        Ok(()) => {
+            controller_stop.cancel();
+            controller.await;
+        }
+    }
     metrics.leader.set(0);
     if let Some(elector) = elector.as_mut()
         && held.is_ok()

@@ -99,13 +99,8 @@ where
 /// With `caches` (the controller's watches), a first look there decides whether to
 /// read at all ([`worth_a_look`]): in a steady state nothing is read. Deletions are always
 /// decided on live reads.
-pub async fn clean(
-    client: &Client,
-    sm: &SwappoMessaging,
-    ns: &str,
-    caches: Option<&Caches>,
-    metrics: &Metrics,
-) -> Result<Vec<Deleted>> {
+pub async fn clean(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Result<Vec<Deleted>> {
+    let (client, caches, metrics) = (&ctx.client, ctx.caches.get(), ctx.metrics.as_ref());
     if !sm.spec.cleanup.stale_replica_sets {
         return Ok(Vec::new());
     }
@@ -203,6 +198,7 @@ pub async fn clean(
             }),
             ..DeleteParams::background()
         };
+        ctx.may_write()?;
         match replica_sets.delete(&stale.name, &params).await {
             Ok(_) => {
                 info!(replicaset = %stale.name, reason = stale.reason.code(), "deleted a stale ReplicaSet: {}", stale.reason.message());
@@ -285,7 +281,7 @@ pub async fn count_cleaned(
 /// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
 /// clean-up, retried next time.
 pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
-    match clean(&ctx.client, sm, ns, ctx.caches.get(), &ctx.metrics).await {
+    match clean(ctx, sm, ns).await {
         Ok(deleted) if deleted.is_empty() => None,
         Ok(deleted) => {
             for d in &deleted {
@@ -301,7 +297,11 @@ pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -
                     .await;
             }
             let n = deleted.len() as u64;
-            match count_cleaned(&ctx.client, ns, &sm.name_any(), n, &ctx.metrics).await {
+            let counted = match ctx.may_write() {
+                Ok(()) => count_cleaned(&ctx.client, ns, &sm.name_any(), n, &ctx.metrics).await,
+                Err(e) => Err(e),
+            };
+            match counted {
                 Ok(total) => {
                     ctx.metrics.wrote("SwappoMessaging/status");
                     Some(total)

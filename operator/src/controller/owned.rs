@@ -172,6 +172,7 @@ impl Owner<'_> {
         match observed {
             Some(current) if !differs(Some(&current))? => Ok(Applied::Unchanged(current)),
             observed => {
+                self.ctx.may_write()?;
                 let applied = self
                     .api::<K>()
                     .patch(
@@ -198,6 +199,7 @@ impl Owner<'_> {
         if self.observe::<K>(&name).await?.exists() {
             return Ok(());
         }
+        self.ctx.may_write()?;
         let params = PostParams {
             field_manager: Some(MANAGER.into()),
             ..PostParams::default()

@@ -27,6 +27,7 @@ pub async fn write(
         status.replica_sets_cleaned = total;
     }
     if sm.status.as_ref() != Some(&status) {
+        ctx.may_write()?;
         let api: Api<SwappoMessaging> =
             Api::namespaced(ctx.client.clone(), &sm.namespace().unwrap_or_default());
         // Under the resourceVersion this reconcile read: the autoscaler writes its fields of

@@ -123,6 +123,7 @@ pub(super) async fn scale_one(
         let mut replicas = current;
         let mut scaled_at = last_scale_time;
         if let Some(to) = decision.scale_to.filter(|to| *to != current) {
+            ctx.may_write().map_err(|e| e.to_string())?;
             let patch = serde_json::json!({"spec": {"replicas": to}});
             match deployments
                 .patch_scale(
@@ -148,7 +149,11 @@ pub(super) async fn scale_one(
                         action: "Scale".into(),
                         secondary: Some(deployment.object_ref(&())),
                     };
-                    if let Err(e) = ctx.recorder.publish(&event, &sm.object_ref(&())).await {
+                    let published = match ctx.may_write() {
+                        Ok(()) => ctx.recorder.publish(&event, &sm.object_ref(&())).await,
+                        Err(_) => Ok(()),
+                    };
+                    if let Err(e) = published {
                         warn!(error = %e, "could not publish the scale Event");
                     }
                 }

@@ -62,6 +62,7 @@ pub(super) async fn write(
         if status == previous {
             return Ok(());
         }
+        ctx.may_write().map_err(|e| e.to_string())?;
         // Only the fields this loop owns, guarded by the resourceVersion read.
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": base.resource_version()},
