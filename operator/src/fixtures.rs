@@ -1,5 +1,6 @@
 //! Chainable test builders: `SwappoMessaging::test().with_queue("q").with_consumer("d", "q")`.
-//! Public so the integration tests use the same fixtures as the unit tests.
+//! Test-only: compiled for the unit tests and, behind the `fixtures` feature, for the
+//! integration tests (so both use the same fixtures); not part of the operator binary.
 use crate::crd::{
     BrokerSpec, ConsumerSpec, DeadLetterSpec, ExternalBroker, QueueSpec, QueueType,
     SwappoMessaging, SwappoMessagingSpec,

@@ -1,34 +1,37 @@
-//! The SwappoMessaging operator (DESIGN §3 to §5): CRD types ([`crd`]), pure builders of the
-//! owned objects ([`builders`]), the status decision ([`status`]), the reconciler
-//! ([`reconcile`]), leader election on a Lease ([`leader`]), metrics and health over HTTP.
+//! The SwappoMessaging operator (DESIGN §3 to §5). The tree shows the architecture:
+//!
+//! - [`crd`]: the API types; [`builders`]: pure builders of every owned object;
+//! - [`decisions`]: pure decisions (status, autoscale, stale ReplicaSets, diff, lease);
+//! - [`broker`]: the broker client (one AMQP connect path, management API, queue topology);
+//! - [`controller`]: watches, the reconcile as a list of steps, error policy, apply;
+//! - [`scaler`]: the consumer autoscaler loop;
+//! - [`context`]: what the controller and the scaler share (client, caches, settings);
+//! - [`leader`]: leader election on a Lease; [`metrics`], [`http`], [`config`], [`telemetry`].
 //!
 //! `main.rs` only parses flags, sets up logging and calls [`run`].
 #![forbid(unsafe_code)]
 
-pub mod amqp;
-pub mod autoscale;
+pub mod broker;
 pub mod builders;
-pub mod cleanup;
 pub mod config;
+pub mod context;
+pub mod controller;
 pub mod crd;
-pub mod diff;
+pub mod decisions;
 pub mod error;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod queues;
-pub mod reconcile;
-pub mod replicasets;
 pub mod scaler;
-pub mod status;
 pub mod telemetry;
 
 pub use config::Config;
 pub use error::{Error, Result};
 
+use context::{Context, Settings};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use reconcile::{Context, Settings};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +58,7 @@ pub async fn client(config: &Config) -> Result<kube::Client> {
 pub fn settings(config: &Config, identity: &str) -> Result<Settings> {
     let broker_override = match &config.broker_address_override {
         None => None,
-        Some(addr) => Some(amqp::Target::parse(addr, false).ok_or_else(|| {
+        Some(addr) => Some(broker::amqp::Target::parse(addr, false).ok_or_else(|| {
             Error::Config(format!(
                 "--broker-address-override {addr:?} is not host:port"
             ))
@@ -96,7 +99,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     state.set_ready(true);
 
     let mut elector = config.leader_election.then(|| {
-        let timing = leader::Timing::for_lease(Duration::from_secs(config.lease_duration_seconds));
+        let timing =
+            decisions::lease::Timing::for_lease(Duration::from_secs(config.lease_duration_seconds));
         leader::Elector::new(
             client.clone(),
             &config.lease_namespace,
@@ -117,20 +121,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let ctx = Arc::new(Context::new(client, metrics.clone(), settings));
     let controller_stop = shutdown.child_token();
-    let controller =
-        reconcile::run_controller(ctx, config.namespace.as_deref(), controller_stop.clone());
-    let hold = async {
-        let held = match elector.as_mut() {
-            Some(elector) => elector.hold(&shutdown).await,
-            None => {
-                shutdown.cancelled().await;
-                Ok(())
+    let mut controller = std::pin::pin!(controller::run_controller(
+        ctx.clone(),
+        config.namespace.as_deref(),
+        controller_stop.clone(),
+    ));
+    let held = {
+        let hold = async {
+            match elector.as_mut() {
+                Some(elector) => elector.hold(&shutdown).await,
+                None => {
+                    shutdown.cancelled().await;
+                    Ok(())
+                }
             }
         };
-        controller_stop.cancel();
-        held
+        tokio::select! {
+            held = hold => held,
+            () = &mut controller => Ok(()),
+        }
     };
-    let (held, ()) = tokio::join!(hold, controller);
+    match &held {
+        // Another replica may lead now: nothing more is written (every write checks), and
+        // the controller is dropped at once, reconciles and the autoscaler's pass in flight
+        // with it, without waiting for them (client-go operators exit the same way).
+        Err(e) => {
+            ctx.stop_writing();
+            warn!(error = %e, "lost the leader lease: no more writes, stopping at once");
+        }
+        Ok(()) => {
+            controller_stop.cancel();
+            controller.await;
+        }
+    }
     metrics.leader.set(0);
     if let Some(elector) = elector.as_mut()
         && held.is_ok()

@@ -24,7 +24,7 @@ pub struct WriteLabels {
 /// Labels of a stale-ReplicaSet deletion count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CleanupLabels {
-    /// [`crate::replicasets::StaleReason::code`].
+    /// [`crate::decisions::replicasets::StaleReason::code`].
     pub reason: String,
 }
 

@@ -357,7 +357,7 @@ async fn with_the_management_api_down_the_depth_comes_from_amqp_and_status_says_
     sm.spec.queues[0].queue_type = QueueType::Classic;
     sm.spec.consumers[0].messages_per_replica = 100;
     // Port 9 (discard) on loopback: nothing listens, so every management request fails.
-    let settings = swappo_operator::reconcile::Settings {
+    let settings = swappo_operator::context::Settings {
         management_override: Some("127.0.0.1:9".into()),
         ..local_broker_settings()
     };
@@ -411,7 +411,7 @@ async fn a_queue_without_consumers_gets_its_numbers_in_status_even_with_the_mana
     // Nothing listens on port 9: every management request fails, so the numbers can only come
     // from the one-shot AMQP read a queue-only resource gets while the API is down. A 1 s poll:
     // a resource without consumers is refreshed every 15 polls.
-    let settings = swappo_operator::reconcile::Settings {
+    let settings = swappo_operator::context::Settings {
         management_override: Some("127.0.0.1:9".into()),
         autoscale_interval: Duration::from_secs(1),
         ..local_broker_settings()

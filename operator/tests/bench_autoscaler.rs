@@ -11,9 +11,9 @@ use kube::api::PostParams;
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::time::{Duration, Instant};
+use swappo_operator::context::Settings;
 use swappo_operator::crd::{QueueType, SwappoMessaging};
 use swappo_operator::fixtures::TestExt;
-use swappo_operator::reconcile::Settings;
 use swappo_testkit::{TestNamespace, eventually, unique_name};
 
 async fn replicas(ns: &TestNamespace) -> i32 {

@@ -1105,6 +1105,8 @@ fn operator_rules(with_deployments: bool) -> serde_json::Value {
     rules.push(
         serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}),
     );
+    rules.push(serde_json::json!({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["list", "watch"]}));
+    rules.push(serde_json::json!({"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["list", "watch"]}));
     serde_json::Value::Array(rules)
 }
 

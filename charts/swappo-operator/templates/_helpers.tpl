@@ -99,6 +99,14 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
+# Other autoscalers of a consumer Deployment (watched, read only): a Deployment an HPA or a
+# KEDA ScaledObject targets is refused with a condition, never scaled by the operator too.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list", "watch"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["list", "watch"]
 # Stale ReplicaSet cleanup (DESIGN §7): watch ReplicaSets, delete only the stale ones.
 - apiGroups: ["apps"]
   resources: ["replicasets"]

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use swappo_operator::context::{Context, Settings};
+use swappo_operator::controller::run_controller;
 use swappo_operator::metrics::Metrics;
-use swappo_operator::reconcile::{Context, Settings, run_controller};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +83,7 @@ pub async fn enforce_restricted(client: &Client, namespace: &str) {
 /// Settings for an in-process operator dialling the local broker.
 pub fn local_broker_settings() -> Settings {
     Settings {
-        broker_override: Some(swappo_operator::amqp::Target {
+        broker_override: Some(swappo_operator::broker::amqp::Target {
             host: "127.0.0.1".into(),
             port: 5672,
             tls: false,

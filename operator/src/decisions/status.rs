@@ -9,6 +9,10 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// The broker runs (managed) and accepts an AMQP login with the Secret's credentials.
     pub const BROKER_READY: &str = "BrokerReady";
+    /// Every `spec.queues` entry is declared as specified.
+    pub const QUEUES_READY: &str = "QueuesReady";
+    /// Every consumer Deployment exists and was scaled as decided.
+    pub const CONSUMERS_SCALED: &str = "ConsumersScaled";
 }
 
 /// What the reconciler found about the credentials.
@@ -263,6 +267,35 @@ pub fn transitions(
         .collect()
 }
 
+/// Sets condition `type_` in `status` from `verdict`, keeping `lastTransitionTime` when the
+/// status did not change.
+pub fn set_condition(
+    status: &mut SwappoMessagingStatus,
+    type_: &str,
+    verdict: &Verdict,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let value = if verdict.ok { "True" } else { "False" };
+    let previous = status.conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = previous
+        .map(|i| &status.conditions[i])
+        .filter(|c| c.status == value)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    let cond = Condition {
+        type_: type_.to_owned(),
+        status: value.to_owned(),
+        reason: verdict.reason.to_owned(),
+        message: verdict.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match previous {
+        Some(i) => status.conditions[i] = cond,
+        None => status.conditions.push(cond),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +458,24 @@ mod tests {
                 .message
                 .starts_with("QueuesReady is False")
         );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap());
+        let mut status = SwappoMessagingStatus::default();
+        let v = |ok, reason| Verdict {
+            ok,
+            reason,
+            message: String::new(),
+        };
+        set_condition(&mut status, "X", &v(false, "A"), None, &t0);
+        set_condition(&mut status, "X", &v(false, "B"), None, &t1);
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].reason, "B");
+        assert_eq!(status.conditions[0].last_transition_time, t0);
+        set_condition(&mut status, "X", &v(true, "C"), None, &t1);
+        assert_eq!(status.conditions[0].last_transition_time, t1);
     }
 }

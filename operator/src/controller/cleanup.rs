@@ -1,5 +1,5 @@
 //! Stale-ReplicaSet clean-up (DESIGN.md §7), the I/O around the pure verdict in
-//! [`crate::replicasets`]: observe what concerns the instance (its managed Deployments, the
+//! [`crate::decisions::replicasets`]: observe what concerns the instance (its managed Deployments, the
 //! ReplicaSets they select or that carry its labels, their pods), ask the verdict, delete each
 //! stale ReplicaSet (with a precondition on its UID, so a set recreated
 //! under the same name is never hit), publish an Event per deletion and count it by reason.
@@ -7,19 +7,19 @@
 //! The Deployments judged are the ones this instance manages or scales: the broker Deployment
 //! (when the broker is managed) and every `spec.consumers[].deployment`.
 use crate::builders::{MANAGER, Names, label};
+use crate::context::{Caches, Context};
 use crate::crd::SwappoMessaging;
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::reconcile::Caches;
-use crate::replicasets::{
+use crate::decisions::replicasets::{
     DEFAULT_HISTORY_LIMIT, Observation, Stale, needs, stale_replica_sets, worth_a_look,
 };
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::Selector;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
@@ -46,36 +46,6 @@ pub fn managed_deployment_names(sm: &SwappoMessaging) -> BTreeSet<String> {
         names.insert(Names::of(sm).deployment);
     }
     names
-}
-
-/// The `SwappoMessaging` objects a ReplicaSet change concerns: the instance named by its
-/// `instance` label, and every instance managing its owning Deployment (by name, in the same
-/// namespace). Used to map the ReplicaSet watch onto reconciles.
-pub fn concerned(
-    rs: &ReplicaSet,
-    instances: &Store<SwappoMessaging>,
-) -> Vec<ObjectRef<SwappoMessaging>> {
-    let Some(ns) = rs.namespace() else {
-        return Vec::new();
-    };
-    let owner = rs
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Deployment")
-        .map(|o| o.name.clone());
-    let labelled = rs.labels().get(label::INSTANCE).cloned();
-    instances
-        .state()
-        .iter()
-        .filter(|sm| sm.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|sm| {
-            labelled.as_deref() == Some(sm.name_any().as_str())
-                || owner
-                    .as_ref()
-                    .is_some_and(|d| managed_deployment_names(sm).contains(d))
-        })
-        .map(|sm| ObjectRef::from_obj(sm.as_ref()))
-        .collect()
 }
 
 /// One deletion done, for the caller to report.
@@ -129,13 +99,8 @@ where
 /// With `caches` (the controller's watches), a first look there decides whether to
 /// read at all ([`worth_a_look`]): in a steady state nothing is read. Deletions are always
 /// decided on live reads.
-pub async fn clean(
-    client: &Client,
-    sm: &SwappoMessaging,
-    ns: &str,
-    caches: Option<&Caches>,
-    metrics: &Metrics,
-) -> Result<Vec<Deleted>> {
+pub async fn clean(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Result<Vec<Deleted>> {
+    let (client, caches, metrics) = (&ctx.client, ctx.caches.get(), ctx.metrics.as_ref());
     if !sm.spec.cleanup.stale_replica_sets {
         return Ok(Vec::new());
     }
@@ -233,6 +198,7 @@ pub async fn clean(
             }),
             ..DeleteParams::background()
         };
+        ctx.may_write()?;
         match replica_sets.delete(&stale.name, &params).await {
             Ok(_) => {
                 info!(replicaset = %stale.name, reason = stale.reason.code(), "deleted a stale ReplicaSet: {}", stale.reason.message());
@@ -310,42 +276,56 @@ pub async fn count_cleaned(
     }
 }
 
+/// Deletes the stale ReplicaSets ([`clean`]), with an Event and a metric count per
+/// deletion, and the new `status.replicaSetsCleaned` when any were deleted. A failure is a
+/// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
+/// clean-up, retried next time.
+pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
+    match clean(ctx, sm, ns).await {
+        Ok(deleted) if deleted.is_empty() => None,
+        Ok(deleted) => {
+            for d in &deleted {
+                let code = d.stale.reason.code();
+                ctx.metrics.wrote("ReplicaSet");
+                ctx.metrics.replica_set_cleaned(code);
+                let note = format!(
+                    "deleted stale ReplicaSet {}: {}",
+                    d.stale.name,
+                    d.stale.reason.message()
+                );
+                ctx.event_about(sm, false, code, note, Some(d.reference.clone()))
+                    .await;
+            }
+            let n = deleted.len() as u64;
+            let counted = match ctx.may_write() {
+                Ok(()) => count_cleaned(&ctx.client, ns, &sm.name_any(), n, &ctx.metrics).await,
+                Err(e) => Err(e),
+            };
+            match counted {
+                Ok(total) => {
+                    ctx.metrics.wrote("SwappoMessaging/status");
+                    Some(total)
+                }
+                Err(e) => {
+                    ctx.metrics.reconcile_failed(&e);
+                    warn!(error = %e, "could not count the deleted ReplicaSets in status");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            ctx.metrics.reconcile_failed(&e);
+            ctx.event(sm, true, "ReplicaSetCleanupFailed", e.to_string())
+                .await;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::TestExt;
-    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-    use kube::runtime::reflector::store;
-    use kube::runtime::watcher;
-
-    fn rs(name: &str, labels: &[(&str, &str)], owner: Option<&str>) -> ReplicaSet {
-        ReplicaSet {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                owner_references: owner.map(|d| {
-                    vec![OwnerReference {
-                        api_version: "apps/v1".into(),
-                        kind: "Deployment".into(),
-                        name: d.into(),
-                        uid: format!("uid-{d}"),
-                        controller: Some(true),
-                        ..OwnerReference::default()
-                    }]
-                }),
-                ..ObjectMeta::default()
-            },
-            spec: ReplicaSetSpec::default(),
-            status: None,
-        }
-    }
 
     #[test]
     fn managed_deployments_are_the_broker_and_every_consumer() {
@@ -357,45 +337,6 @@ mod tests {
         let external = sm.with_external("rabbit.example", false);
         let names: Vec<String> = managed_deployment_names(&external).into_iter().collect();
         assert_eq!(names, ["worker"]);
-    }
-
-    #[test]
-    fn a_replica_set_change_maps_to_the_instances_managing_or_labelling_it() {
-        let (reader, mut writer) = store::<SwappoMessaging>();
-        let dev = SwappoMessaging::new_in("dev", "ns")
-            .with_queue("q")
-            .with_consumer("worker", "q");
-        let other = SwappoMessaging::new_in("other", "ns");
-        let elsewhere = SwappoMessaging::new_in("dev", "elsewhere")
-            .with_queue("q")
-            .with_consumer("worker", "q");
-        for sm in [dev, other, elsewhere] {
-            writer.apply_watcher_event(&watcher::Event::Apply(sm));
-        }
-        let names = |refs: Vec<ObjectRef<SwappoMessaging>>| {
-            let mut v: Vec<String> = refs.into_iter().map(|r| r.name).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(
-            names(concerned(&rs("worker-1", &[], Some("worker")), &reader)),
-            ["dev"]
-        );
-        assert_eq!(
-            names(concerned(
-                &rs("dev-rabbitmq-1", &[], Some("dev-rabbitmq")),
-                &reader
-            )),
-            ["dev"]
-        );
-        assert_eq!(
-            names(concerned(
-                &rs("x", &[(label::INSTANCE, "other")], None),
-                &reader
-            )),
-            ["other"]
-        );
-        assert!(concerned(&rs("web-1", &[("app", "web")], Some("web")), &reader).is_empty());
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! The AMQP login check behind `BrokerReady`: open a connection with the Secret's
-//! credentials within a timeout (the reconciler then declares the queues on it and closes
-//! it). Errors are reduced to messages that never hold the password (the URI is built as a
-//! struct and never formatted).
+//! AMQP connections to a broker: the one connect path (the reconciler's login behind
+//! `BrokerReady`, the queue declarations, the autoscaler's passive declares), within a
+//! timeout. Errors are reduced to messages that never hold the password (the URI is built as
+//! a struct and never formatted).
 use crate::builders::secret::Credentials;
-use crate::status::AmqpCheck;
+use crate::decisions::status::AmqpCheck;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
@@ -36,12 +36,15 @@ impl Target {
     }
 }
 
-/// Logs in to `target` as `creds`, vhost `/`, within `timeout`: the open connection (for the
-/// caller to use, then close), or why the broker is not usable.
-pub async fn login(
+/// Opens an AMQP connection to `target` as `creds`, vhost `/`, named `name` (shown in the
+/// broker's connection list), within `timeout`: the open connection (for the caller to use,
+/// then close), or why the broker is not usable. The one connect path of the operator: the
+/// reconciler's login, the queue declarations and the autoscaler's passive declares.
+pub async fn connect(
     target: &Target,
     creds: &Credentials,
     timeout: Duration,
+    name: &str,
 ) -> Result<Connection, AmqpCheck> {
     let uri = AMQPUri {
         scheme: if target.tls {
@@ -63,12 +66,34 @@ pub async fn login(
             ..AMQPQueryString::default()
         },
     };
-    let properties =
-        ConnectionProperties::default().with_connection_name("swappo-operator reconcile".into());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties)).await {
         Err(_) => Err(AmqpCheck::Timeout(timeout)),
         Ok(Err(e)) => Err(classify(&e.to_string(), &creds.password)),
         Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// The reconciler's login check behind `BrokerReady` ([`connect`], named for the reconcile).
+pub async fn login(
+    target: &Target,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<Connection, AmqpCheck> {
+    connect(target, creds, timeout, "swappo-operator reconcile").await
+}
+
+/// A connection failure as one line for logs and conditions (never the password: the text
+/// went through [`classify`]).
+pub fn describe(failure: &AmqpCheck, target: &Target) -> String {
+    match failure {
+        AmqpCheck::Timeout(after) => format!(
+            "no AMQP connection to {} within {}s",
+            target.address(),
+            after.as_secs()
+        ),
+        AmqpCheck::AuthenticationFailed(text) | AmqpCheck::Unreachable(text) => text.clone(),
+        AmqpCheck::Ok => "connected".into(),
     }
 }
 

@@ -1,0 +1,160 @@
+//! The reconcile of one `SwappoMessaging`, as the list of its steps: the credentials, each
+//! owned object ensured ([`Owner::ensure`]: observe, apply when it differs, report), the
+//! broker login, the stale-ReplicaSet clean-up, the queues, the status. Each step's logic is
+//! in a module of its own; nothing is written when the observed state already matches the
+//! decision.
+use super::credentials::{self, Found};
+use super::owned::Owner;
+use super::{cleanup, status};
+use crate::broker::amqp::{self, Target};
+use crate::broker::{Broker, topology};
+use crate::builders::secret::{Credentials, Endpoint, credentials_secret};
+use crate::builders::{Names, broker};
+use crate::context::Context;
+use crate::crd::SwappoMessaging;
+use crate::decisions::status::{AmqpCheck, Observed};
+use crate::error::{Error, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use lapin::Connection;
+use std::sync::Arc;
+use tracing::{debug, instrument};
+
+/// Reconciles one `SwappoMessaging`.
+#[instrument(skip(sm, ctx), fields(namespace = sm.namespace().unwrap_or_default(), name = sm.name_any()))]
+pub async fn reconcile(sm: Arc<SwappoMessaging>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let result = steps(&sm, &ctx).await;
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .expect("never poisoned")
+                .remove(&ObjectRef::from_obj(sm.as_ref()));
+        }
+        Err(e) => {
+            ctx.metrics.reconcile_failed(e);
+            ctx.event(&sm, true, "ReconcileFailed", e.to_string()).await;
+        }
+    }
+    result
+}
+
+/// The steps of a reconcile, in order.
+async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
+    let ns = sm
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(sm.name_any()))?;
+    if sm.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it: garbage collection follows the owner references.
+        return Ok(Action::await_change());
+    }
+    let o = Owner { sm, ns: &ns, ctx };
+    let names = Names::of(sm);
+    let endpoint = Endpoint::of(sm);
+
+    let Found {
+        creds,
+        state,
+        own,
+        regenerated,
+    } = credentials::resolve(&o, &names).await?;
+    if let Some(creds) = &creds {
+        o.ensure_seen(credentials_secret(sm, creds, &endpoint), own)
+            .await?;
+    }
+    let broker_pods = match sm.is_managed() {
+        true => Some(ensure_broker(&o, &names, regenerated).await?),
+        false => None,
+    };
+
+    let target = ctx.settings.broker_override.clone().unwrap_or(Target {
+        host: endpoint.host.clone(),
+        port: endpoint.port,
+        tls: endpoint.tls,
+    });
+    let (amqp, login) = log_in(&target, creds.as_ref(), broker_pods, ctx).await;
+    let observed = Observed {
+        endpoint: endpoint.address(),
+        dialled: target.address(),
+        credentials: state,
+        broker_pods,
+        amqp,
+    };
+    let cleaned = cleanup::clean_replica_sets(sm, ctx, &ns).await;
+    // Whole seconds: the API keeps conditions' times at second precision.
+    let now =
+        Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let with_queues = declare_queues(sm, &target, creds, &observed, login, &now, ctx).await;
+    status::write(sm, &with_queues, &observed, cleaned, &now, ctx).await
+}
+
+/// The managed broker's objects, each ensured; its ready and wanted pods.
+async fn ensure_broker(o: &Owner<'_>, names: &Names, regenerated: bool) -> Result<(i32, i32)> {
+    o.ensure(broker::config_map(o.sm)).await?;
+    // Created once: a claim's spec is immutable but for growing, which is a manual step.
+    o.create_once(broker::pvc(o.sm)).await?;
+    if regenerated {
+        credentials::warn_if_the_broker_ran(o, names).await?;
+    }
+    let deployment = o.ensure(broker::deployment(o.sm)).await?;
+    o.ensure(broker::service(o.sm)).await?;
+    let status = deployment.status.unwrap_or_default();
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    Ok((status.available_replicas.unwrap_or(0), wanted))
+}
+
+/// The AMQP login behind `BrokerReady`, once the broker's pods are ready: its outcome, and
+/// its connection (kept for the queue declarations, then closed).
+async fn log_in(
+    target: &Target,
+    creds: Option<&Credentials>,
+    broker_pods: Option<(i32, i32)>,
+    ctx: &Context,
+) -> (Option<AmqpCheck>, Option<Connection>) {
+    let pods_ready = broker_pods.is_none_or(|(ready, _)| ready >= 1);
+    let outcome = match creds {
+        Some(creds) if pods_ready => {
+            match amqp::login(target, creds, ctx.settings.amqp_timeout).await {
+                Ok(conn) => (Some(AmqpCheck::Ok), Some(conn)),
+                Err(failed) => (Some(failed), None),
+            }
+        }
+        _ => (None, None),
+    };
+    debug!(check = ?outcome.0.as_ref().map(|a| matches!(a, AmqpCheck::Ok)), "broker login checked");
+    outcome
+}
+
+/// `sm` with its `QueuesReady` condition decided, the queues declared on the login's
+/// connection when the broker accepted it; the connection closed.
+async fn declare_queues(
+    sm: &SwappoMessaging,
+    target: &Target,
+    creds: Option<Credentials>,
+    observed: &Observed,
+    login: Option<Connection>,
+    now: &Time,
+    ctx: &Context,
+) -> SwappoMessaging {
+    let broker = match (creds, &observed.amqp) {
+        (Some(credentials), Some(AmqpCheck::Ok)) => Some(Broker {
+            amqp: target.clone(),
+            management: String::new(),
+            credentials,
+            timeout: ctx.settings.amqp_timeout,
+        }),
+        _ => None,
+    };
+    let with_queues =
+        topology::with_queues_declared(sm, broker.as_ref(), login.as_ref(), now).await;
+    if let Some(conn) = login {
+        // Bounded: a reconcile must never wait on a broker that stopped answering.
+        let close = conn.close(200, "swappo-operator reconcile".into());
+        let _ = tokio::time::timeout(ctx.settings.amqp_timeout, close).await;
+    }
+    with_queues
+}

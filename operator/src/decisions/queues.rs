@@ -1,0 +1,85 @@
+//! The `QueuesReady` verdict from the outcome of declaring each `spec.queues` entry.
+use crate::decisions::status::Verdict;
+use swappo_messaging::topology::TopologyError;
+
+/// Each queue's declaration outcome, in spec order, or why no connection was made.
+pub type Declared = Result<Vec<(String, Result<(), TopologyError>)>, String>;
+
+/// The `QueuesReady` verdict from the declaration outcomes (or the connection failure).
+pub fn queues_verdict(outcome: &Declared) -> Verdict {
+    let results = match outcome {
+        Err(e) => {
+            return Verdict {
+                ok: false,
+                reason: "BrokerUnreachable",
+                message: format!("cannot connect to declare queues: {e}"),
+            };
+        }
+        Ok(r) => r,
+    };
+    let conflicts: Vec<String> = results
+        .iter()
+        .filter_map(|(name, r)| match r {
+            Err(e @ TopologyError::Conflict { queue, .. }) => Some(format!(
+                "queue {name}: {queue} exists with a different {} than spec.queues asks; \
+                 RabbitMQ cannot change it in place: delete the queue (its messages are lost) \
+                 or change the spec back",
+                e.conflicting_argument().unwrap_or("argument")
+            )),
+            _ => None,
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        return Verdict {
+            ok: false,
+            reason: "QueueArgumentConflict",
+            message: conflicts.join("; "),
+        };
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    if !failed.is_empty() {
+        return Verdict {
+            ok: false,
+            reason: "DeclareFailed",
+            message: failed.join("; "),
+        };
+    }
+    Verdict {
+        ok: true,
+        reason: "QueuesDeclared",
+        message: format!("{} queues declared as specified", results.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_names_the_queue_and_argument_and_other_queues_do_not_hide_it() {
+        let outcome = Ok(vec![
+            ("ok".to_owned(), Ok(())),
+            (
+                "orders".to_owned(),
+                Err(TopologyError::Conflict {
+                    queue: "orders".into(),
+                    detail: "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue \
+                             'orders' in vhost '/': received 'quorum' but current is 'classic'"
+                        .into(),
+                }),
+            ),
+        ]);
+        let v = queues_verdict(&outcome);
+        assert!(!v.ok);
+        assert_eq!(v.reason, "QueueArgumentConflict");
+        assert!(v.message.contains("queue orders"), "{}", v.message);
+        assert!(v.message.contains("x-queue-type"), "{}", v.message);
+        assert!(!v.message.contains("queue ok"), "{}", v.message);
+        let all_ok = queues_verdict(&Ok(vec![("ok".to_owned(), Ok(()))]));
+        assert!(all_ok.ok);
+        assert!(!queues_verdict(&Err("refused".into())).ok);
+    }
+}
