@@ -180,6 +180,18 @@ async fn a_database_forced_read_only_is_waited_out_and_no_event_is_dead_lettered
             .filter(|n| *n >= 5.0)
     })
     .await;
+    // The read API still serves, and says the consumer is waiting for the database and why.
+    let r = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["consumer"], "waiting_for_database", "{body}");
+    assert!(
+        body["consumer_waiting_reason"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"),
+        "{body}"
+    );
     let storage = Storage::connect_lazy(db.url(), 1, Duration::from_secs(5)).unwrap();
     assert_eq!(storage.count().await.unwrap(), (0, 0), "nothing stored yet");
     assert_eq!(queue_messages(&vhost, &format!("{QUEUE}.dlq")).await, 0);
