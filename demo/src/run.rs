@@ -127,9 +127,12 @@ async fn credentials(
 }
 
 /// Waits until `GET url` answers 2xx, while `alive()` says the process still runs.
+/// Waits until `url` answers 200 and, with `consuming`, its body says the consumer is
+/// subscribed (the notifications service is ready for its API before its queue is declared).
 async fn wait_ready(
     name: &str,
     url: &str,
+    consuming: bool,
     log: &std::path::Path,
     mut alive: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
@@ -141,7 +144,10 @@ async fn wait_ready(
         if let Ok(r) = http.get(url).send().await
             && r.status().is_success()
         {
-            return Ok(());
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            if !consuming || body["consumer"] == "consuming" {
+                return Ok(());
+            }
         }
         if !alive() {
             bail!("{name} exited during start-up; see {}", log.display());
@@ -363,6 +369,7 @@ async fn start_processes(
     wait_ready(
         "notifications-0",
         &format!("{nf_api}/ready"),
+        true,
         &cfg.state_dir.join("notifications-0.log"),
         || consumers.alive(),
     )
@@ -387,6 +394,7 @@ async fn start_processes(
     let ready = wait_ready(
         "matchmaking",
         &format!("{mm_api}/ready"),
+        false,
         &cfg.state_dir.join("matchmaking.log"),
         || mm.is_running(),
     )

@@ -13,6 +13,7 @@ pub mod kube;
 mod management;
 mod outage_proxy;
 mod private_postgres;
+mod private_rabbitmq;
 mod vhost;
 
 pub use crate::kube::{
@@ -22,6 +23,7 @@ pub use database::TestDb;
 pub use management::{Error as ManagementError, Management, QueueInfo};
 pub use outage_proxy::OutageProxy;
 pub use private_postgres::PrivatePostgres;
+pub use private_rabbitmq::PrivateRabbitMq;
 pub use vhost::TestVhost;
 
 /// Default test credentials; they must match `scripts/env.sh`.

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     /// Age of the oldest pending outbox row in seconds (refreshed at each scrape).
     pub outbox_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    /// Outbox rows parked because they can never be published (refreshed at each scrape):
+    /// alert on any.
+    pub outbox_parked: Gauge,
+    /// Rows the relay parked (a counter: rises once per row).
+    pub parked: Counter,
     /// Events the broker confirmed and the relay marked sent.
     pub published: Counter,
     /// Failed publish attempts (per event).
@@ -78,6 +83,18 @@ impl Metrics {
             "Age of the oldest unconfirmed outbox event",
             outbox_oldest_pending_seconds.clone(),
         );
+        let outbox_parked = Gauge::default();
+        registry.register(
+            "outbox_parked",
+            "Outbox events that can never be published (broken payload), parked out of the relay's claim: alert on any",
+            outbox_parked.clone(),
+        );
+        let parked = Counter::default();
+        registry.register(
+            "outbox_parked_rows",
+            "Outbox rows the relay parked",
+            parked.clone(),
+        );
         let published = Counter::default();
         registry.register(
             "outbox_published",
@@ -109,6 +126,8 @@ impl Metrics {
             http_errors,
             outbox_pending,
             outbox_oldest_pending_seconds,
+            outbox_parked,
+            parked,
             published,
             publish_failures,
             relay_lag_seconds,
@@ -135,6 +154,7 @@ impl Metrics {
     /// Sets the outbox gauges from a fresh count.
     pub fn set_backlog(&self, b: Backlog) {
         self.outbox_pending.set(b.pending);
+        self.outbox_parked.set(b.parked);
         self.outbox_oldest_pending_seconds.set(b.oldest_age_seconds);
     }
 

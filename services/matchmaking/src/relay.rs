@@ -131,7 +131,8 @@ pub struct Round {
     /// Rows whose publish failed (the relay backs off).
     pub failed: usize,
     /// Rows whose payload is not a valid event (does not parse, or breaks the contract):
-    /// left pending with the reason in `last_error`, never published, no reason to back off.
+    /// parked with the reason in `last_error` (out of every later claim), never published,
+    /// no reason to back off.
     pub undecodable: usize,
 }
 
@@ -264,14 +265,10 @@ impl Relay {
         }
         let (events, mut undecodable) = decode(&claimed);
         let mut failed = Vec::new();
-        let results = match tokio::time::timeout(
-            self.options.publish_timeout,
-            publisher.publish_all(&events.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>()),
-        )
-        .await
-        {
-            Ok(results) => results,
-            Err(_) => {
+        let batch: Vec<NotificationEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        let results = match publish_guarded(publisher, &batch, self.options.publish_timeout).await {
+            Some(results) => results,
+            None => {
                 vec![Err(PublishError::ConfirmTimeout(self.options.publish_timeout)); events.len()]
             }
         };
@@ -299,7 +296,7 @@ impl Relay {
         }
         outbox::mark_sent(&mut tx, &sent).await?;
         outbox::mark_failed(&mut tx, &failed).await?;
-        outbox::mark_failed(&mut tx, &undecodable).await?;
+        outbox::park(&mut tx, &undecodable).await?;
         tx.commit().await?;
 
         let now = chrono::Utc::now();
@@ -314,8 +311,9 @@ impl Relay {
         } else {
             debug!(sent = sent.len(), "outbox events confirmed");
         }
+        self.metrics.parked.inc_by(undecodable.len() as u64);
         if let Some((id, e)) = undecodable.first() {
-            warn!(count = undecodable.len(), row = id, error = %e, "outbox rows with a broken payload");
+            warn!(count = undecodable.len(), row = id, error = %e, "outbox rows with a broken payload parked");
         }
         let round = Round {
             claimed: claimed.len(),
@@ -328,6 +326,36 @@ impl Relay {
         span.record("sent", round.sent);
         span.record("failed", round.failed);
         Ok(round)
+    }
+}
+
+/// How often the guard around a batch's publish looks whether the broker blocked publishing.
+const BLOCKED_POLL: Duration = Duration::from_millis(250);
+
+/// `publish_all` bounded by `timeout`, except that the clock stops while the broker blocks
+/// the publisher (a memory or disk alarm): the broker holds those messages and confirms them
+/// once the alarm clears, so failing them would only make late duplicates. `None` when the
+/// guard expired.
+async fn publish_guarded(
+    publisher: &Publisher,
+    events: &[NotificationEvent],
+    timeout: Duration,
+) -> Option<Vec<Result<(), PublishError>>> {
+    let publish = publisher.publish_all(events);
+    tokio::pin!(publish);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            results = &mut publish => return Some(results),
+            () = tokio::time::sleep(BLOCKED_POLL) => {
+                let now = tokio::time::Instant::now();
+                if publisher.is_blocked() {
+                    deadline = now + timeout;
+                } else if now >= deadline {
+                    return None;
+                }
+            }
+        }
     }
 }
 

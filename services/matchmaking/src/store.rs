@@ -145,7 +145,9 @@ impl Store {
             receiver_id: &offer.receiver_id,
             actor_id,
         };
-        if let Some(event) = event_for(change, parties) {
+        if let Some(mut event) = event_for(change, parties) {
+            // The user's order per offer: the database's clock, monotonic per offer.
+            event.occurred_at = outbox::stamp(conn, offer.id).await?;
             outbox::insert(conn, &event).await?;
         }
         Ok(())

@@ -54,6 +54,29 @@ pub(crate) async fn open(config: &BrokerConfig, role: &str) -> Result<Connection
     }
 }
 
+/// How long a connection blocked by a broker alarm waits in the background to be closed
+/// politely: lapin writes no frame on a blocked connection, close included. Alarms clear in
+/// seconds to minutes once memory or disk is freed; past this the socket is dropped anyway.
+const BLOCKED_CLOSE_WAIT: Duration = Duration::from_secs(600);
+/// How often a blocked connection is looked at.
+pub(crate) const BLOCKED_POLL: Duration = Duration::from_millis(100);
+
+/// Closes a connection; one blocked by a broker alarm is closed in the background once the
+/// alarm clears (bounded by [`BLOCKED_CLOSE_WAIT`]), instead of leaking its socket.
+pub(crate) async fn close_when_unblocked(conn: Connection) {
+    if !conn.status().blocked() {
+        close_quietly(&conn).await;
+        return;
+    }
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + BLOCKED_CLOSE_WAIT;
+        while conn.status().blocked() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(BLOCKED_POLL).await;
+        }
+        close_quietly(&conn).await;
+    });
+}
+
 /// Closes a connection politely, bounded: a dead broker must not hold up a reconnect.
 pub(crate) async fn close_quietly(conn: &Connection) {
     if conn.status().connected() {

@@ -9,16 +9,30 @@
 //!    `multiple` up to the batch's last delivery tag.
 //! 3. [`BatchOutcome::Retry`]: after a backoff, the batch is retried one event at a time to
 //!    tell a poison message from an outage (stopping after [`ISOLATION_GIVE_UP`] failures in a
-//!    row with no success: that is an outage). Events that succeed are acked; the failing
-//!    ones are returned: quorum queues `basic.nack(requeue)` (the broker counts deliveries
-//!    and dead-letters at `x-delivery-limit`); classic queues republish the message to the
-//!    queue with `x-swappo-deliveries` incremented, confirmed, then ack the original, and
-//!    dead-letter it once `max_deliveries` is reached.
+//!    row with no success: that is an outage). Events that succeed are acked; each failing one
+//!    is republished to the queue with `x-swappo-deliveries` incremented (confirmed, then the
+//!    original acked), and dead-lettered with the handler's reason once it failed
+//!    `max_deliveries` times. This counting is the library's, on both queue types.
 //!
-//! Classic-queue counting covers handler failures only: a delivery cut short by a crash or a
-//! lost connection goes back unmarked (the broker's `redelivered` flag carries no count), so a
-//! message that crashes the process itself is only caught by a quorum queue's broker-side
-//! limit. Quorum queues are the default for that reason.
+//! Why the library counts handler failures itself, on quorum queues too:
+//! - RabbitMQ counts every *return* of a message against a quorum queue's
+//!   `x-delivery-limit`: a `basic.nack`/`basic.reject` with requeue, and also every unacked
+//!   delivery handed back when a channel closes (a lost connection, a restart, the broker's
+//!   consumer timeout). A budget shared with session churn dead-letters good events after a
+//!   few connection flaps; so handler failures are counted in a header instead, and the
+//!   queue's `x-delivery-limit` keeps generous headroom ([`crate::topology::quorum_delivery_limit`])
+//!   for what only the broker can see: a message that kills the process, again and again.
+//! - RabbitMQ 4.3 and later only count `basic.reject` (a `basic.nack` with requeue no longer
+//!   increments the delivery count), so a nack-based give-back would loop a poison message
+//!   forever there. A counted republish behaves the same on 3.x and 4.x.
+//! - Prefetch defaults to the batch size, so a session end returns (and the broker counts)
+//!   only the batch in hand, not a second batch that was never looked at.
+//!
+//! A side publish (dead letter, counted requeue) goes out on a connection of its own
+//! ([`crate::side`]): a broker alarm that blocks publishing then never stops the acks of
+//! stored batches. When a side publish fails (the DLQ was deleted, the exchange routes
+//! nowhere, the broker is blocked), the message concerned is kept unacked and tried again
+//! with backoff; the rest of the batch is stored and acked as usual.
 //!
 //! Broker loss: the batch in hand is not acked (the broker redelivers it; the handler must
 //! be idempotent on `id`), and the consumer reconnects with backoff. Shutdown: stop the
@@ -26,23 +40,21 @@
 //! unprocessed messages return to the queue).
 use crate::backoff::Backoff;
 use crate::connection;
+use crate::side::{SideError, SidePublisher};
 use crate::topology::dlx_name;
 use crate::{BrokerConfig, ContractError, MessagingMetrics, NotificationEvent, QueueKind};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Header carrying why the consumer dead-lettered a message.
 pub const DEAD_LETTER_REASON_HEADER: &str = "x-swappo-dead-letter-reason";
@@ -57,16 +69,20 @@ pub const ISOLATION_GIVE_UP: usize = 3;
 /// Longest reason written to a header: enough for any contract error, bounded for a handler
 /// that returns a whole stack trace.
 const MAX_REASON_CHARS: usize = 1000;
-/// How long a dead-letter or republish may wait for its confirm.
-const SIDE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Headers the broker sets on a delivery, dropped from a republished copy (the copy is a new
+/// message to the broker; our own count travels in [`DELIVERIES_HEADER`]).
+const BROKER_HEADERS: [&str; 2] = ["x-delivery-count", "x-death"];
 
 /// What the handler did with a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOutcome {
     /// All stored: ack the batch with one multiple-ack.
     Done,
-    /// Transient failure (e.g. the database is down): return the batch with backoff; a
-    /// message that keeps failing ends in the DLQ after `max_deliveries`.
+    /// The batch failed because of what some event in it holds (a value the database
+    /// refuses): it is retried one event at a time, and an event that keeps failing ends in
+    /// the DLQ after `max_deliveries`. A failure that is not about the events (a database
+    /// that is down, read-only or timing out) should be waited out inside the handler
+    /// instead, with the batch in hand: every `Retry` spends a delivery of each event.
     Retry(String),
 }
 
@@ -93,9 +109,13 @@ pub struct ConsumerOptions {
     pub queue: String,
     /// Its type: decides who counts deliveries (quorum: the broker; classic: this library).
     pub kind: QueueKind,
-    /// Unacked deliveries the broker may push ahead. 200 = two batches: while one batch is
-    /// being stored, the next is already here, so the consumer never waits on the network;
-    /// memory stays bounded (200 x ~1 KiB). Must be >= `batch_size`, or batches never fill.
+    /// Unacked deliveries the broker may push ahead. Default: the batch size. Every
+    /// unacked delivery is handed back (and counted against a quorum queue's delivery limit)
+    /// when the session ends, so a prefetch of two batches would spend a delivery of a batch
+    /// that was never looked at at every reconnect, restart or consumer timeout. The cost is
+    /// one round trip between a batch's ack and the next deliveries (well under a
+    /// millisecond on a cluster network against a commit of ~10 ms). Must be >= `batch_size`,
+    /// or batches never fill.
     pub prefetch: u16,
     /// Events per handler call. 100 rows per transaction amortize the commit (the seed's one
     /// transaction per message managed ~240/s) while a failed batch redoes little work.
@@ -103,9 +123,9 @@ pub struct ConsumerOptions {
     /// How long a batch waits to fill up after its first event. 20 ms: under load batches
     /// fill at once; a lone event is stored at most 20 ms later.
     pub batch_linger: Duration,
-    /// Deliveries before a failing message is dead-lettered. Classic queues: enforced here.
-    /// Quorum queues: the broker's `x-delivery-limit` (set from `QueueSpec::max_deliveries`)
-    /// decides; keep both equal.
+    /// Handler failures before a message is dead-lettered, counted by this library on both
+    /// queue types (see the module docs). Keep it equal to `QueueSpec::max_deliveries`, from
+    /// which a quorum queue's broker-side limit is derived with headroom.
     pub max_deliveries: u32,
     /// First wait before a failed batch is retried; doubles per consecutive failure up to
     /// `retry_backoff_max`.
@@ -124,7 +144,7 @@ impl ConsumerOptions {
         Self {
             queue: queue.into(),
             kind,
-            prefetch: 200,
+            prefetch: 100,
             batch_size: 100,
             batch_linger: Duration::from_millis(20),
             max_deliveries: 5,
@@ -183,9 +203,29 @@ enum SessionEnd {
 struct Session {
     conn: Connection,
     channel: Channel,
-    /// Confirm channel for dead letters and classic retries.
-    side: Channel,
+    /// Dead letters and counted requeues, on a connection of their own.
+    side: SidePublisher,
     consumer: lapin::Consumer,
+    /// Deliveries whose side publish failed: kept unacked, tried again with backoff.
+    held: Vec<Held>,
+    /// Consecutive rounds in which some held delivery still failed.
+    held_attempt: u32,
+    /// When the held deliveries are tried next.
+    held_retry_at: Instant,
+}
+
+/// What must be published before a delivery may be acked away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SideAction {
+    /// To `<queue>.dlx`, with this reason.
+    DeadLetter(String),
+    /// Back to the queue with the deliveries header set to this count.
+    Requeue(u32),
+}
+
+struct Held {
+    delivery: Delivery,
+    action: SideAction,
 }
 
 /// What to do with one delivery before the handler sees anything (pure).
@@ -255,13 +295,21 @@ fn truncate(reason: &str) -> String {
     reason.chars().take(MAX_REASON_CHARS).collect()
 }
 
-/// The original properties with `extra` headers added.
+/// The original properties with `extra` headers added and the broker's own delivery headers
+/// ([`BROKER_HEADERS`]) dropped: the copy is a new message to the broker.
 fn with_headers(properties: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
+    let mut headers = properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    for k in BROKER_HEADERS {
+        headers.remove(k);
+    }
     for (k, v) in extra {
         headers.insert((*k).into(), v.clone());
     }
-    properties.clone().with_headers(headers)
+    properties.clone().with_headers(FieldTable::from(headers))
 }
 
 impl<H: BatchHandler> Consumer<H> {
@@ -314,10 +362,16 @@ impl<H: BatchHandler> Consumer<H> {
             info!(queue = %self.options.queue, broker = %self.config.redacted(), "consumer subscribed");
             self.health.0.store(true, Ordering::Relaxed);
             let mut progressed = false;
+            let mut session = session;
             let end = self
-                .consume(&session, &shutdown, &mut failures, &mut progressed)
+                .consume(&mut session, &shutdown, &mut failures, &mut progressed)
                 .await;
             self.health.0.store(false, Ordering::Relaxed);
+            if !session.held.is_empty() {
+                warn!(queue = %self.options.queue, held = session.held.len(),
+                    "session ends with messages whose dead letter or requeue never went out; the broker redelivers them");
+            }
+            session.side.close().await;
             match end {
                 SessionEnd::Shutdown => {
                     // Unacked, unprocessed deliveries go back to the queue with the channel.
@@ -361,8 +415,6 @@ impl<H: BatchHandler> Consumer<H> {
             channel
                 .basic_qos(self.options.prefetch, BasicQosOptions::default())
                 .await?;
-            let side = conn.create_channel().await?;
-            side.confirm_select(ConfirmSelectOptions::default()).await?;
             let consumer = channel
                 .basic_consume(
                     self.options.queue.as_str().into(),
@@ -371,14 +423,17 @@ impl<H: BatchHandler> Consumer<H> {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok::<_, lapin::Error>((channel, side, consumer))
+            Ok::<_, lapin::Error>((channel, consumer))
         };
         match setup.await {
-            Ok((channel, side, consumer)) => Ok(Session {
+            Ok((channel, consumer)) => Ok(Session {
                 conn,
                 channel,
-                side,
+                side: SidePublisher::new(self.config.clone()),
                 consumer,
+                held: Vec::new(),
+                held_attempt: 0,
+                held_retry_at: Instant::now(),
             }),
             Err(e) => {
                 connection::close_quietly(&conn).await;
@@ -389,7 +444,7 @@ impl<H: BatchHandler> Consumer<H> {
 
     async fn consume(
         &self,
-        s: &Session,
+        s: &mut Session,
         shutdown: &CancellationToken,
         failures: &mut u32,
         progressed: &mut bool,
@@ -405,6 +460,9 @@ impl<H: BatchHandler> Consumer<H> {
                 _ = health.tick() => {
                     if !(s.conn.status().connected() && s.channel.status().connected()) {
                         return SessionEnd::Lost("connection closed".into());
+                    }
+                    if let Err(e) = self.retry_held(s).await {
+                        return SessionEnd::Lost(e);
                     }
                     continue;
                 }
@@ -440,11 +498,11 @@ impl<H: BatchHandler> Consumer<H> {
                 .await;
             }
             let span = info_span!("batch", queue = %self.options.queue, size = batch.len());
-            if let Err(e) = self
-                .process(s, batch, shutdown, failures)
-                .instrument(span)
-                .await
-            {
+            let done = async {
+                self.retry_held(s).await?;
+                self.process(s, batch, shutdown, failures).await
+            };
+            if let Err(e) = done.instrument(span).await {
                 return SessionEnd::Lost(e);
             }
             *progressed = true;
@@ -454,11 +512,11 @@ impl<H: BatchHandler> Consumer<H> {
         }
     }
 
-    /// One batch, start to finish. `Err` = the channel failed; whatever is not acked yet is
-    /// left to the broker to redeliver.
+    /// One batch, start to finish. `Err` = the consuming channel failed; whatever is not
+    /// acked yet is left to the broker to redeliver.
     async fn process(
         &self,
-        s: &Session,
+        s: &mut Session,
         deliveries: Vec<Delivery>,
         shutdown: &CancellationToken,
         failures: &mut u32,
@@ -470,7 +528,8 @@ impl<H: BatchHandler> Consumer<H> {
                 Verdict::Handle(e) => valid.push((d, e)),
                 Verdict::DeadLetter(reason) => {
                     warn!(delivery_tag = d.delivery_tag, %reason, "dead-lettering an invalid message");
-                    self.dead_letter(s, &d, &reason.to_string()).await?;
+                    self.side_action(s, d, SideAction::DeadLetter(reason.to_string()))
+                        .await?;
                 }
             }
         }
@@ -481,15 +540,9 @@ impl<H: BatchHandler> Consumer<H> {
         match self.handler.handle(events).await {
             BatchOutcome::Done => {
                 *failures = 0;
-                let last = valid
-                    .iter()
-                    .map(|(d, _)| d.delivery_tag)
-                    .max()
-                    .expect("non-empty");
-                s.channel
-                    .basic_ack(last, BasicAckOptions { multiple: true })
-                    .await
-                    .map_err(|e| format!("ack: {e}"))?;
+                let tags: Vec<u64> = valid.iter().map(|(d, _)| d.delivery_tag).collect();
+                let lowest_held = s.held.iter().map(|h| h.delivery.delivery_tag).min();
+                ack_stored(&s.channel, &tags, lowest_held).await?;
                 MessagingMetrics::add(&self.metrics.acked, valid.len() as u64);
                 debug!(acked = valid.len(), "batch stored");
                 Ok(())
@@ -509,8 +562,13 @@ impl<H: BatchHandler> Consumer<H> {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                let failed = if valid.len() > 1 && !shutdown.is_cancelled() {
-                    self.isolate(s, valid).await?
+                if shutdown.is_cancelled() {
+                    // Not the events' fault that we stop: no count against them; the channel
+                    // close hands them back.
+                    return Ok(());
+                }
+                let failed = if valid.len() > 1 {
+                    self.isolate(&s.channel, valid).await?
                 } else {
                     valid
                         .into_iter()
@@ -518,7 +576,7 @@ impl<H: BatchHandler> Consumer<H> {
                         .collect()
                 };
                 for (d, reason) in failed {
-                    self.give_back(s, &d, &reason).await?;
+                    self.give_back(s, d, &reason).await?;
                 }
                 Ok(())
             }
@@ -529,7 +587,7 @@ impl<H: BatchHandler> Consumer<H> {
     /// the ones that fail (with the reason), plus the rest once the failure looks global.
     async fn isolate(
         &self,
-        s: &Session,
+        channel: &Channel,
         valid: Vec<(Delivery, NotificationEvent)>,
     ) -> Result<Vec<(Delivery, String)>, String> {
         let mut failed = Vec::new();
@@ -541,10 +599,7 @@ impl<H: BatchHandler> Consumer<H> {
                 BatchOutcome::Done => {
                     succeeded += 1;
                     failures_in_a_row = 0;
-                    s.channel
-                        .basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
-                        .await
-                        .map_err(|e| format!("ack: {e}"))?;
+                    ack_one(channel, &d).await?;
                     MessagingMetrics::add(&self.metrics.acked, 1);
                 }
                 BatchOutcome::Retry(reason) => {
@@ -561,123 +616,183 @@ impl<H: BatchHandler> Consumer<H> {
         Ok(failed)
     }
 
-    /// Returns one failed delivery to the queue, or dead-letters it when it used up its
-    /// deliveries (classic queues; quorum queues leave that to the broker).
-    async fn give_back(&self, s: &Session, d: &Delivery, reason: &str) -> Result<(), String> {
-        match self.options.kind {
-            QueueKind::Quorum => {
-                s.channel
-                    .basic_nack(
-                        d.delivery_tag,
-                        BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        },
-                    )
-                    .await
-                    .map_err(|e| format!("nack: {e}"))?;
-                MessagingMetrics::add(&self.metrics.requeued, 1);
+    /// Returns one failed delivery to the queue with its failure counted, or dead-letters it
+    /// when it used up its deliveries (both queue types: see the module docs).
+    async fn give_back(&self, s: &mut Session, d: Delivery, reason: &str) -> Result<(), String> {
+        let action = match classic_retry(
+            deliveries_so_far(&d.properties),
+            self.options.max_deliveries,
+        ) {
+            ClassicRetry::DeadLetter(n) => {
+                let why = format!(
+                    "failed {n} deliveries (max_deliveries {}): {reason}",
+                    self.options.max_deliveries
+                );
+                warn!(delivery_tag = d.delivery_tag, reason = %why, "dead-lettering a message that keeps failing");
+                SideAction::DeadLetter(why)
             }
-            QueueKind::Classic => match classic_retry(
-                deliveries_so_far(&d.properties),
-                self.options.max_deliveries,
-            ) {
-                ClassicRetry::DeadLetter(n) => {
-                    let why = format!(
-                        "failed {n} deliveries (max_deliveries {}): {reason}",
-                        self.options.max_deliveries
-                    );
-                    warn!(delivery_tag = d.delivery_tag, reason = %why, "dead-lettering a message that keeps failing");
-                    self.dead_letter(s, d, &why).await?;
-                }
-                ClassicRetry::Requeue(n) => {
-                    let props = with_headers(
-                        &d.properties,
-                        &[(DELIVERIES_HEADER, AMQPValue::LongLongInt(n.into()))],
-                    );
-                    // Copy first, confirmed; then ack the original: a crash in between
-                    // leaves a duplicate, never a loss.
-                    self.confirmed_publish(s, "", &self.options.queue, &d.data, props)
-                        .await?;
-                    self.ack_one(s, d).await?;
-                    MessagingMetrics::add(&self.metrics.requeued, 1);
-                }
-            },
+            ClassicRetry::Requeue(n) => SideAction::Requeue(n),
+        };
+        self.side_action(s, d, action).await
+    }
+
+    /// Publishes what `action` needs, confirmed, then acks the original. When the publish
+    /// fails, the delivery is held unacked for a later try and the batch goes on; `Err` only
+    /// when the consuming channel fails.
+    async fn side_action(
+        &self,
+        s: &mut Session,
+        d: Delivery,
+        action: SideAction,
+    ) -> Result<(), String> {
+        match self.publish_side(s, &d, &action).await {
+            Ok(()) => {
+                ack_one(&s.channel, &d).await?;
+                self.count_side(&action);
+            }
+            Err(e) => {
+                self.hold(s, d, action, &e);
+            }
         }
         Ok(())
     }
 
-    /// Publishes the message to `<queue>.dlx` with the reason header, waits for the
-    /// confirm, then acks the original. Any failure leaves the original unacked.
-    async fn dead_letter(&self, s: &Session, d: &Delivery, reason: &str) -> Result<(), String> {
-        let props = with_headers(
-            &d.properties,
-            &[
-                (
-                    DEAD_LETTER_REASON_HEADER,
-                    AMQPValue::LongString(LongString::from(truncate(reason))),
-                ),
-                (
-                    DEAD_LETTER_QUEUE_HEADER,
-                    AMQPValue::LongString(LongString::from(self.options.queue.as_str())),
-                ),
-            ],
-        );
-        let dlx = dlx_name(&self.options.queue);
-        self.confirmed_publish(s, &dlx, &self.options.queue, &d.data, props)
-            .await?;
-        self.ack_one(s, d).await?;
-        MessagingMetrics::add(&self.metrics.dead_lettered, 1);
+    fn count_side(&self, action: &SideAction) {
+        match action {
+            SideAction::DeadLetter(_) => MessagingMetrics::add(&self.metrics.dead_lettered, 1),
+            SideAction::Requeue(_) => MessagingMetrics::add(&self.metrics.requeued, 1),
+        }
+    }
+
+    fn hold(&self, s: &mut Session, d: Delivery, action: SideAction, e: &SideError) {
+        MessagingMetrics::add(&self.metrics.side_publish_failed, 1);
+        warn!(queue = %self.options.queue, delivery_tag = d.delivery_tag, error = %e,
+            "a dead letter or requeue did not go out; the message stays unacked and is tried again");
+        if s.held.is_empty() {
+            s.held_retry_at = Instant::now() + self.held_backoff().delay(s.held_attempt);
+        }
+        s.held.push(Held {
+            delivery: d,
+            action,
+        });
+    }
+
+    fn held_backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.options.retry_backoff,
+            max: self.options.retry_backoff_max,
+        }
+    }
+
+    /// Tries the held deliveries' side publishes again once their backoff is over.
+    async fn retry_held(&self, s: &mut Session) -> Result<(), String> {
+        if s.held.is_empty() || Instant::now() < s.held_retry_at {
+            return Ok(());
+        }
+        let held = std::mem::take(&mut s.held);
+        let mut still = Vec::new();
+        let mut blocked = false;
+        for h in held {
+            if blocked {
+                still.push(h);
+                continue;
+            }
+            match self.publish_side(s, &h.delivery, &h.action).await {
+                Ok(()) => {
+                    ack_one(&s.channel, &h.delivery).await?;
+                    self.count_side(&h.action);
+                }
+                Err(e) => {
+                    MessagingMetrics::add(&self.metrics.side_publish_failed, 1);
+                    blocked = e == SideError::Blocked;
+                    still.push(h);
+                }
+            }
+        }
+        if still.is_empty() {
+            s.held_attempt = 0;
+            info!(queue = %self.options.queue, "held dead letters and requeues went out");
+        } else {
+            s.held_attempt = s.held_attempt.saturating_add(1);
+            s.held_retry_at = Instant::now() + self.held_backoff().delay(s.held_attempt);
+        }
+        s.held = still;
         Ok(())
     }
 
-    async fn ack_one(&self, s: &Session, d: &Delivery) -> Result<(), String> {
-        s.channel
-            .basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
+    /// The side publish `action` needs for `d`.
+    async fn publish_side(
+        &self,
+        s: &mut Session,
+        d: &Delivery,
+        action: &SideAction,
+    ) -> Result<(), SideError> {
+        match action {
+            SideAction::DeadLetter(reason) => {
+                let props = with_headers(
+                    &d.properties,
+                    &[
+                        (
+                            DEAD_LETTER_REASON_HEADER,
+                            AMQPValue::LongString(LongString::from(truncate(reason))),
+                        ),
+                        (
+                            DEAD_LETTER_QUEUE_HEADER,
+                            AMQPValue::LongString(LongString::from(self.options.queue.as_str())),
+                        ),
+                    ],
+                );
+                let dlx = dlx_name(&self.options.queue);
+                s.side
+                    .publish(d.delivery_tag, &dlx, &self.options.queue, &d.data, props)
+                    .await
+            }
+            SideAction::Requeue(n) => {
+                let props = with_headers(
+                    &d.properties,
+                    &[(DELIVERIES_HEADER, AMQPValue::LongLongInt((*n).into()))],
+                );
+                // Copy first, confirmed; then ack the original: a crash in between leaves a
+                // duplicate, never a loss.
+                s.side
+                    .publish(d.delivery_tag, "", &self.options.queue, &d.data, props)
+                    .await
+            }
+        }
+    }
+}
+
+async fn ack_one(channel: &Channel, d: &Delivery) -> Result<(), String> {
+    channel
+        .basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
+        .await
+        .map_err(|e| format!("ack: {e}"))
+}
+
+/// Acks stored deliveries: one multiple-ack up to the last tag, unless a held delivery
+/// (whose side publish failed) lies below it; then one ack each, so the held one stays
+/// unacked.
+async fn ack_stored(
+    channel: &Channel,
+    tags: &[u64],
+    lowest_held: Option<u64>,
+) -> Result<(), String> {
+    let Some(&last) = tags.iter().max() else {
+        return Ok(());
+    };
+    let ack = |tag: u64, multiple: bool| async move {
+        channel
+            .basic_ack(tag, BasicAckOptions { multiple })
             .await
             .map_err(|e| format!("ack: {e}"))
+    };
+    if lowest_held.is_none_or(|held| held > last) {
+        return ack(last, true).await;
     }
-
-    /// One mandatory publish on the side channel, awaited to its confirm (one at a time, so
-    /// a return can only be this message's).
-    async fn confirmed_publish(
-        &self,
-        s: &Session,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
-    ) -> Result<(), String> {
-        let publish = async {
-            s.side
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    body,
-                    props,
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(SIDE_CONFIRM_TIMEOUT, publish).await {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                error!(%exchange, routing_key, "no queue bound: the message stays in its queue (declare the topology)");
-                Err(format!(
-                    "`{exchange}` routed the message nowhere (is `{routing_key}`'s topology declared?)"
-                ))
-            }
-            Ok(Ok(other)) => Err(format!("publish to `{exchange}` not confirmed: {other:?}")),
-            Ok(Err(e)) => Err(format!("publish to `{exchange}`: {e}")),
-            Err(_) => Err(format!(
-                "publish to `{exchange}`: no confirm within {SIDE_CONFIRM_TIMEOUT:?}"
-            )),
-        }
+    for &tag in tags {
+        ack(tag, false).await?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -265,6 +265,16 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Contract
     if value.trim().is_empty() {
         return Err(ContractError::invalid(field, "must not be empty"));
     }
+    if let Some(at) = value.chars().position(|c| c == '\0') {
+        // PostgreSQL text cannot hold U+0000: refused here with the reason, rather than by
+        // the database after the event was accepted.
+        return Err(ContractError::invalid(
+            field,
+            format!(
+                "contains a NUL character (U+0000) at character {at}, which storage cannot hold"
+            ),
+        ));
+    }
     let chars = value.chars().count();
     if chars > max_chars {
         return Err(ContractError::invalid(
@@ -512,6 +522,23 @@ mod tests {
                 "{name}: `{err}` lacks `{needle}`"
             );
         }
+    }
+
+    #[test]
+    fn a_nul_character_in_any_text_field_is_refused_with_the_reason() {
+        for field in ["user_id", "title", "body", "related_user_id"] {
+            let err =
+                NotificationEvent::from_json(&with(field, json!("ab\u{0}c"))).expect_err(field);
+            assert_eq!(err.field(), Some(field), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("NUL character (U+0000) at character 2"),
+                "{err}"
+            );
+        }
+        let mut e = NotificationEvent::new("u", EventType::System, "t", "b");
+        e.body.push('\0');
+        assert_eq!(e.validate().unwrap_err().field(), Some("body"));
     }
 
     #[test]

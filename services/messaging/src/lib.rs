@@ -6,6 +6,7 @@
 //! - [`topology`]: [`declare`] a queue with its `<q>.dlx` / `<q>.dlq`.
 //! - [`publisher`]: [`Publisher`], confirmed publishing with a window of messages in flight.
 //! - [`consumer`]: [`Consumer`], batches with one multiple-ack each, retries, dead-lettering.
+//! - [`side`]: the consumer's dead letters and counted requeues, on a connection of their own.
 //! - [`metrics`]: counters shared by publisher and consumer.
 //!
 //! ```no_run
@@ -48,6 +49,7 @@ pub mod event;
 pub mod legacy_queue;
 pub mod metrics;
 pub mod publisher;
+pub mod side;
 pub mod topology;
 
 pub use backoff::Backoff;

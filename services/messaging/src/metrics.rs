@@ -19,6 +19,11 @@ pub struct MessagingMetrics {
     /// Messages sent to the dead-letter exchange by the consumer (bad contract, or too many
     /// deliveries on a classic queue). The broker's own quorum dead-lettering is not seen here.
     pub dead_lettered: AtomicU64,
+    /// Dead letters or counted requeues the broker did not take (no route to the DLQ, a
+    /// blocked connection, no confirm): each message concerned stays unacked and is tried
+    /// again. Alert when this keeps rising: the DLQ topology is missing or the broker is
+    /// in alarm.
+    pub side_publish_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`MessagingMetrics`].
@@ -32,6 +37,7 @@ pub struct MetricsSnapshot {
     pub acked: u64,
     pub requeued: u64,
     pub dead_lettered: u64,
+    pub side_publish_failed: u64,
 }
 
 impl MessagingMetrics {
@@ -46,6 +52,7 @@ impl MessagingMetrics {
             acked: get(&self.acked),
             requeued: get(&self.requeued),
             dead_lettered: get(&self.dead_lettered),
+            side_publish_failed: get(&self.side_publish_failed),
         }
     }
 

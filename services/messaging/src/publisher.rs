@@ -6,6 +6,14 @@
 //! confirm arrives. Confirms are settled in publish order, which is what makes a returned
 //! (unroutable) message attributable to the right event: see [`settle`].
 //!
+//! Broker alarm (`connection.blocked`, a memory or disk alarm): the publisher pauses. It
+//! writes nothing new, and the confirm timeout does not run for messages in flight while the
+//! connection is blocked: the broker holds them, and will confirm them once the alarm
+//! clears. Timing them out would report as failed messages that then get stored anyway (late
+//! duplicates for a relay that retries), and rebuilding the connection cannot work (lapin
+//! writes nothing, not even a close frame, on a blocked connection). [`Publisher::is_blocked`]
+//! tells callers, so a relay can stop its own clock too.
+//!
 //! Connection loss: everything in flight is answered with an error (it may or may not have
 //! reached the queue; a retry makes at most a duplicate, which consumers drop by `id`).
 //! Requests not yet written wait for the reconnect (capped exponential backoff) for up to
@@ -152,6 +160,7 @@ pub struct Publisher {
 struct Inner {
     tx: mpsc::Sender<Request>,
     connected: Arc<AtomicBool>,
+    blocked: Arc<AtomicBool>,
     metrics: Arc<MessagingMetrics>,
     shutdown: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -199,6 +208,7 @@ impl Publisher {
         // keep it full while the task waits for confirms.
         let (tx, rx) = mpsc::channel(window);
         let connected = Arc::new(AtomicBool::new(false));
+        let blocked = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(MessagingMetrics::default());
         let shutdown = CancellationToken::new();
         let task = Task {
@@ -210,6 +220,7 @@ impl Publisher {
             rx,
             pending: VecDeque::new(),
             connected: connected.clone(),
+            blocked: blocked.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             last_error: None,
@@ -219,6 +230,7 @@ impl Publisher {
             inner: Arc::new(Inner {
                 tx,
                 connected,
+                blocked,
                 metrics,
                 shutdown,
                 task: Mutex::new(Some(handle)),
@@ -286,6 +298,12 @@ impl Publisher {
         self.inner.connected.load(Ordering::Relaxed)
     }
 
+    /// Whether the broker has blocked the connection (a resource alarm): messages wait,
+    /// neither written nor timed out, until it is unblocked.
+    pub fn is_blocked(&self) -> bool {
+        self.inner.blocked.load(Ordering::Relaxed)
+    }
+
     /// The publisher's counters.
     pub fn metrics(&self) -> Arc<MessagingMetrics> {
         self.inner.metrics.clone()
@@ -322,6 +340,7 @@ struct Task {
     /// Requests taken from `rx` but not written yet (e.g. waiting for a reconnect).
     pending: VecDeque<Request>,
     connected: Arc<AtomicBool>,
+    blocked: Arc<AtomicBool>,
     metrics: Arc<MessagingMetrics>,
     shutdown: CancellationToken,
     last_error: Option<String>,
@@ -346,7 +365,8 @@ impl Task {
                     self.connected.store(true, Ordering::Relaxed);
                     let end = self.session(&conn, &channel).await;
                     self.connected.store(false, Ordering::Relaxed);
-                    connection::close_quietly(&conn).await;
+                    self.blocked.store(false, Ordering::Relaxed);
+                    connection::close_when_unblocked(conn).await;
                     if let SessionEnd::Shutdown = end {
                         break;
                     }
@@ -441,8 +461,17 @@ impl Task {
             if !accepting && inflight.is_empty() {
                 return SessionEnd::Shutdown;
             }
+            let blocked = conn.status().blocked();
+            self.blocked.store(blocked, Ordering::Relaxed);
+            if blocked && accepting {
+                // The broker holds what is in flight: no confirm is overdue while blocked.
+                let until = Instant::now() + self.options.confirm_timeout;
+                for f in inflight.iter_mut() {
+                    f.deadline = f.deadline.max(until);
+                }
+            }
             let front_deadline = inflight.front().map(|f| f.deadline);
-            let can_send = accepting && inflight.len() < self.options.window;
+            let can_send = accepting && !blocked && inflight.len() < self.options.window;
             enum Step {
                 Confirmed(lapin::Result<Confirmation>),
                 TimedOut,

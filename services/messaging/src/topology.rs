@@ -87,9 +87,10 @@ pub struct QueueSpec {
     pub name: String,
     /// Queue type.
     pub kind: QueueKind,
-    /// Deliveries a message gets before it is dead-lettered. Quorum: set on the queue as
-    /// `x-delivery-limit`; classic: informative here, the consumer enforces its own
-    /// `ConsumerOptions::max_deliveries`.
+    /// Handler failures a message gets before it is dead-lettered; the consumer counts them
+    /// (`ConsumerOptions::max_deliveries`). Quorum: the queue's `x-delivery-limit` is derived
+    /// from it with headroom for session churn ([`quorum_delivery_limit`]); classic:
+    /// informative here.
     pub max_deliveries: Option<u32>,
     /// `x-message-ttl`: expired messages are dead-lettered too.
     pub message_ttl_ms: Option<u64>,
@@ -235,11 +236,25 @@ pub fn dlx_name(queue: &str) -> String {
     format!("{queue}.dlx")
 }
 
-/// RabbitMQ dead-letters a quorum-queue message once it has been *returned* more than
-/// `x-delivery-limit` times, i.e. on what would be delivery `limit + 2`; so a message that may
-/// be delivered at most `n` times needs a limit of `n - 1` (n = 1: never redelivered).
+/// Returns of a message a quorum queue tolerates on top of its handler failures: every
+/// session end (a lost connection, a restart or rolling update, the broker's consumer timeout)
+/// hands the batch in hand back, and RabbitMQ counts each return against `x-delivery-limit`.
+/// Handler failures are counted by the consumer itself (`x-swappo-deliveries`), so the broker's
+/// limit only has to stop a message that kills the consumer process again and again. 15 more
+/// returns bring the default of 5 deliveries to a broker limit of 20 deliveries, RabbitMQ 4's
+/// own default for quorum queues; it outlasts a connection flapping every minute through a
+/// quarter of an hour with the same batch in hand (the demo drill cuts it 6 times), and a
+/// crash-looping message still leaves after 20 restarts.
+pub const SESSION_END_HEADROOM: u32 = 15;
+
+/// The quorum queue's `x-delivery-limit` for `max_deliveries` handler failures. RabbitMQ
+/// dead-letters a message once it has been *returned* more than `x-delivery-limit` times,
+/// i.e. on what would be delivery `limit + 2`; so `n` deliveries need a limit of `n - 1`, and
+/// [`SESSION_END_HEADROOM`] more returns are allowed for session churn.
 pub fn quorum_delivery_limit(max_deliveries: u32) -> u32 {
-    max_deliveries.saturating_sub(1)
+    max_deliveries
+        .saturating_sub(1)
+        .saturating_add(SESSION_END_HEADROOM)
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -373,7 +388,7 @@ mod tests {
         );
         assert_eq!(
             arg(&a, "x-delivery-limit"),
-            Some(&AMQPValue::LongLongInt(4))
+            Some(&AMQPValue::LongLongInt(4 + i64::from(SESSION_END_HEADROOM)))
         );
         assert_eq!(
             text_arg(&a, "x-dead-letter-strategy").as_deref(),
@@ -432,8 +447,9 @@ mod tests {
 
     #[test]
     fn max_deliveries_maps_to_one_less_broker_delivery_limit() {
-        assert_eq!(quorum_delivery_limit(1), 0);
-        assert_eq!(quorum_delivery_limit(5), 4);
+        assert_eq!(quorum_delivery_limit(1), SESSION_END_HEADROOM);
+        assert_eq!(quorum_delivery_limit(5), 4 + SESSION_END_HEADROOM);
+        assert_eq!(quorum_delivery_limit(u32::MAX), u32::MAX);
     }
 
     #[test]

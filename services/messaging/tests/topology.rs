@@ -1,5 +1,5 @@
 //! `declare` against the real broker: arguments, idempotence, conflicts, and the
-//! quorum delivery limit meaning what `max_deliveries` says.
+//! quorum delivery limit meaning `max_deliveries` plus the session-churn headroom.
 mod common;
 
 use common::*;
@@ -21,7 +21,10 @@ async fn declare_creates_the_queue_its_dlx_and_a_bound_dlq_with_the_spec_argumen
     let q = queue(&v, "orders").await;
     assert_eq!(q.arguments["x-queue-type"], "quorum");
     assert_eq!(q.arguments["x-dead-letter-exchange"], "orders.dlx");
-    assert_eq!(q.arguments["x-delivery-limit"], 2);
+    assert_eq!(
+        q.arguments["x-delivery-limit"],
+        2 + swappo_messaging::topology::SESSION_END_HEADROOM
+    );
     assert_eq!(q.arguments["x-message-ttl"], 600_000);
     assert_eq!(
         queue(&v, "orders.dlq").await.arguments["x-queue-type"],
@@ -136,10 +139,11 @@ async fn an_invalid_spec_is_refused_before_reaching_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_quorum_message_is_delivered_exactly_max_deliveries_times_then_dead_lettered() {
+async fn a_quorum_message_is_returned_max_deliveries_plus_the_headroom_times_then_dead_lettered() {
     let v = vhost().await;
     let conn = connect(&v).await;
     let max = 3;
+    let broker_max = max + swappo_messaging::topology::SESSION_END_HEADROOM;
     declare_with(&conn, &QueueSpec::quorum("poison").with_max_deliveries(max))
         .await
         .unwrap();
@@ -166,7 +170,10 @@ async fn a_quorum_message_is_delivered_exactly_max_deliveries_times_then_dead_le
         let next = tokio::time::timeout(std::time::Duration::from_secs(3), consumer.next()).await;
         let Ok(Some(Ok(d))) = next else { break };
         deliveries += 1;
-        assert!(deliveries <= max + 1, "delivered more than {max} times");
+        assert!(
+            deliveries <= broker_max + 1,
+            "delivered more than {broker_max} times"
+        );
         d.nack(BasicNackOptions {
             requeue: true,
             ..Default::default()
@@ -174,7 +181,7 @@ async fn a_quorum_message_is_delivered_exactly_max_deliveries_times_then_dead_le
         .await
         .unwrap();
     }
-    assert_eq!(deliveries, max);
+    assert_eq!(deliveries, broker_max);
     let dlq = wait_queue(&v, "poison.dlq", "one dead letter", |q| q.messages == 1).await;
     assert_eq!(dlq.messages, 1);
 }

@@ -13,6 +13,18 @@ use swappo_messaging::{BrokerConfig, Consumer, ConsumerOptions, QueueKind, Queue
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Connections of the consumer's pool: one for the batch in hand, one for the retention
+/// purge beside it (the migrations run before either).
+const CONSUMER_DB_CONNECTIONS: u32 = 2;
+/// Longest an API statement may run: the user's list and counts take milliseconds; 5 s
+/// means a lock or an overloaded server, better answered with an error than held.
+const API_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a batch insert may run: 100 rows commit in milliseconds; past 30 s the insert
+/// fails with SQLSTATE 57014 and the batch is waited out and retried, never dead-lettered.
+const CONSUMER_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the retention purge runs: retention is counted in days.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -111,10 +123,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         reason: e.to_string(),
     })?;
     let broker = broker_config(&config)?;
-    let storage = Storage::connect_lazy(
+    // Two pools: API load must not stall consumption, and a consumer waiting out a
+    // database failure must not take the API's connections (or its readiness) with it.
+    let storage = Storage::connect_lazy_bounded(
         &config.database_url,
         config.db_max_connections,
         config.db_acquire_timeout(),
+        API_STATEMENT_TIMEOUT,
+    )?;
+    let consumer_storage = Storage::connect_lazy_bounded(
+        &config.database_url,
+        CONSUMER_DB_CONNECTIONS,
+        config.db_acquire_timeout(),
+        CONSUMER_STATEMENT_TIMEOUT,
     )?;
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
@@ -144,7 +165,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     tracing::info!(%addr, "HTTP server listening");
 
     let consumer = tokio::spawn(consume(
-        config, broker, storage, metrics, readiness, shutdown,
+        config,
+        broker,
+        consumer_storage,
+        metrics,
+        readiness,
+        shutdown,
     ));
     Ok(Service {
         addr,
@@ -177,7 +203,13 @@ async fn consume(
         }
     }
 
+    let purge = tokio::spawn(purge_old(
+        storage.clone(),
+        config.retention(),
+        shutdown.clone(),
+    ));
     let handler = StoreBatch::new(storage, metrics.clone(), shutdown.clone());
+    readiness.set_database_wait(handler.waiting());
     let consumer = Consumer::new(broker, consumer_options(&config), handler);
     let probe = consumer.health();
     readiness.set_broker_probe(Arc::new(move || probe.is_connected()));
@@ -202,15 +234,49 @@ async fn consume(
             ),
             (
                 "dead_lettered",
-                "Messages sent to the dead-letter queue (contract violations)",
+                "Messages sent to the dead-letter queue (contract violations, or refused max_deliveries times)",
                 s.dead_lettered,
+            ),
+            (
+                "side_publish_failed",
+                "Dead letters or requeues the broker did not take (no DLQ, blocked); the message stays unacked and is tried again",
+                s.side_publish_failed,
             ),
         ]
     }));
     tracing::info!(queue = %config.queue, "consuming");
-    consumer.run(shutdown).await?;
+    let ran = consumer.run(shutdown).await;
+    purge.abort();
+    ran?;
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// Deletes notifications and tombstones past their retention, once at start and then every
+/// [`PURGE_EVERY`], until `shutdown`. A failure is logged and tried at the next round.
+async fn purge_old(
+    storage: Storage,
+    (rows, stones): (Option<Duration>, Option<Duration>),
+    shutdown: CancellationToken,
+) {
+    // "Forever" is a retention no row reaches: ~1000 years.
+    let forever = Duration::from_secs(1000 * 365 * 24 * 3600);
+    loop {
+        match storage
+            .purge(rows.unwrap_or(forever), stones.unwrap_or(forever))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((n, t)) => {
+                tracing::info!(notifications = n, tombstones = t, "purged past retention")
+            }
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; retrying later"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
 }
 
 /// Declares the queue with its dead-letter exchange and queue. A queue that already exists

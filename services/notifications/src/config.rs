@@ -84,13 +84,17 @@ pub struct Config {
     #[arg(long, env = "DECLARE_QUEUE", default_value_t = true, action = clap::ArgAction::Set)]
     pub declare_queue: bool,
 
-    /// Deliveries of one message before it goes to the dead-letter queue.
+    /// Times storing one message may be refused (a value the database rejects) before it
+    /// goes to the dead-letter queue. A quorum queue's broker-side limit adds headroom for
+    /// reconnects on top (see swappo-messaging's `SESSION_END_HEADROOM`).
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u32,
 
-    /// Unacknowledged messages the broker may push ahead: two batches' worth, so the next
-    /// batch is already arriving while the current one commits.
-    #[arg(long, env = "PREFETCH", default_value_t = 200)]
+    /// Unacknowledged messages the broker may push ahead: one batch. Every unacked message is
+    /// handed back, and counted against the queue's delivery limit, when the consumer's
+    /// session ends (lost connection, restart, the broker's consumer timeout): a second,
+    /// prefetched batch would spend a delivery at every reconnect without being looked at.
+    #[arg(long, env = "PREFETCH", default_value_t = 100)]
     pub prefetch: u16,
 
     /// Events per insert and per multiple-ack. 100 rows of a few hundred bytes make one
@@ -102,6 +106,17 @@ pub struct Config {
     /// most latency batching adds when the queue is nearly idle.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 20)]
     pub batch_linger_ms: u64,
+
+    /// Days a notification is kept after it was stored; older ones are purged hourly.
+    /// 0 keeps them forever.
+    #[arg(long, env = "NOTIFICATION_RETENTION_DAYS", default_value_t = 365)]
+    pub notification_retention_days: u32,
+
+    /// Days the tombstone of a deleted notification is kept: as long as a late copy of its
+    /// event may still arrive (a dead letter redriven, a relay's duplicate), it is not
+    /// stored again. 0 keeps them forever.
+    #[arg(long, env = "TOMBSTONE_RETENTION_DAYS", default_value_t = 90)]
+    pub tombstone_retention_days: u32,
 
     /// Address of the HTTP server (API, /health, /ready, /metrics).
     #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0:8080")]
@@ -163,6 +178,15 @@ impl Config {
         Duration::from_millis(self.batch_linger_ms)
     }
 
+    /// How long notifications and tombstones are kept (`None`: forever).
+    pub fn retention(&self) -> (Option<Duration>, Option<Duration>) {
+        let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * 24 * 3600));
+        (
+            days(self.notification_retention_days),
+            days(self.tombstone_retention_days),
+        )
+    }
+
     /// How long a database connection is waited for.
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs)
@@ -175,6 +199,11 @@ impl std::fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("db_max_connections", &self.db_max_connections)
             .field("db_acquire_timeout_secs", &self.db_acquire_timeout_secs)
+            .field(
+                "notification_retention_days",
+                &self.notification_retention_days,
+            )
+            .field("tombstone_retention_days", &self.tombstone_retention_days)
             .field(
                 "rabbitmq_url",
                 &self.rabbitmq_url.as_deref().map(redact_url),
@@ -239,10 +268,15 @@ mod tests {
         let c = parse(&[]);
         assert_eq!(
             (c.prefetch, c.batch_size, c.queue.as_str()),
-            (200, 100, "notifications_queue")
+            (100, 100, "notifications_queue")
         );
         assert!(c.declare_queue);
         assert_eq!(c.check(), Ok(()));
+        let (rows, stones) = c.retention();
+        assert_eq!(rows, Some(Duration::from_secs(365 * 24 * 3600)));
+        assert_eq!(stones, Some(Duration::from_secs(90 * 24 * 3600)));
+        let forever = parse(&["--notification-retention-days", "0"]);
+        assert_eq!(forever.retention().0, None);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::sync::{Arc, OnceLock};
 /// Label of [`Metrics::batches`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchLabels {
-    /// `stored` (committed, acked) or `retry` (database failed, requeued).
+    /// `stored` (committed, acked), `waiting` (a database failure waited out with the batch
+    /// in hand: one per attempt) or `refused` (a value refused: handed back).
     pub outcome: &'static str,
 }
 
@@ -24,7 +25,7 @@ pub type CounterSource = Arc<dyn Fn() -> Vec<(&'static str, &'static str, u64)> 
 /// The service's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    /// Events handed to the store by the consumer, redeliveries included.
+    /// Events in stored batches, redeliveries included (failed attempts are not counted).
     pub events_received: Counter,
     /// Events that became a new row.
     pub stored: Counter,
@@ -62,7 +63,7 @@ impl Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "events_received",
-            "Events handed to the store by the consumer, redeliveries included",
+            "Events in stored batches, redeliveries included",
             events_received.clone(),
         );
         registry.register("stored", "Events stored as a new row", stored.clone());
@@ -114,12 +115,11 @@ impl Metrics {
         self.batch_seconds.observe(seconds);
     }
 
-    /// Counts one batch of `received` events that failed and will be redelivered.
-    pub fn record_retry(&self, received: u64, seconds: f64) {
-        self.events_received.inc_by(received);
-        self.batches
-            .get_or_create(&BatchLabels { outcome: "retry" })
-            .inc();
+    /// Counts one failed attempt to store a batch, by `outcome` (`waiting`: the database
+    /// is waited out; `refused`: a value was refused). Events are counted as received only
+    /// once stored, so the attempts of a long wait do not inflate `events_received`.
+    pub fn record_failure(&self, outcome: &'static str, seconds: f64) {
+        self.batches.get_or_create(&BatchLabels { outcome }).inc();
         self.batch_seconds.observe(seconds);
     }
 }
@@ -167,6 +167,22 @@ mod tests {
         );
         assert!(
             text.contains("notifications_batch_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_attempts_count_batches_by_outcome_but_no_received_events() {
+        let m = Metrics::new();
+        m.record_failure("waiting", 0.01);
+        m.record_failure("waiting", 0.01);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"notifications_batches_total{outcome="waiting"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("notifications_events_received_total 0"),
             "{text}"
         );
     }

@@ -6,7 +6,7 @@
 //! transaction, and its row count says how many events were new.
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use swappo_messaging::{EventType, NotificationEvent};
@@ -133,6 +133,26 @@ impl Storage {
         Ok(Self { pool })
     }
 
+    /// [`Storage::connect_lazy`] with every statement bounded by `statement_timeout`
+    /// (PostgreSQL's `statement_timeout`, set per connection): a query stuck behind a lock or
+    /// an overloaded server fails with SQLSTATE 57014 instead of waiting without end.
+    pub fn connect_lazy_bounded(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        statement_timeout: Duration,
+    ) -> Result<Self, StorageError> {
+        let options = url.parse::<PgConnectOptions>()?.options([(
+            "statement_timeout",
+            format!("{}ms", statement_timeout.as_millis()),
+        )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> Self {
         Self { pool }
@@ -156,8 +176,9 @@ impl Storage {
     }
 
     /// Stores a batch of events in one statement (one transaction); events whose id is
-    /// already stored, or repeated within the batch, are skipped. Returns how many rows were
-    /// new: `events.len() - new` were duplicates.
+    /// already stored, repeated within the batch, or deleted before (a tombstone: deleted
+    /// stays deleted) are skipped. Returns how many rows were new: `events.len() - new`
+    /// were duplicates.
     pub async fn insert_events(&self, events: &[NotificationEvent]) -> Result<u64, StorageError> {
         if events.is_empty() {
             return Ok(0);
@@ -188,6 +209,8 @@ impl Storage {
                (event_id, user_id, type, title, body, related_user_id, related_offer_id, occurred_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], \
                                   $5::text[], $6::varchar[], $7::int8[], $8::timestamptz[]) \
+                 AS e(event_id, user_id, type, title, body, related_user_id, related_offer_id, occurred_at) \
+             WHERE NOT EXISTS (SELECT 1 FROM notification_tombstones t WHERE t.event_id = e.event_id) \
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(&event_ids)
@@ -204,7 +227,7 @@ impl Storage {
     }
 
     /// Stores one notification created through the API. `None` when a notification with
-    /// the same event id already exists (nothing is changed then).
+    /// the same event id already exists or was deleted (nothing is changed then).
     pub async fn create(
         &self,
         new: &NewNotification,
@@ -214,7 +237,8 @@ impl Storage {
             "INSERT INTO notifications \
                (event_id, user_id, type, title, body, related_user_id, related_offer_id, \
                 related_item_id, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+             WHERE NOT EXISTS (SELECT 1 FROM notification_tombstones WHERE event_id = $1) \
              ON CONFLICT (event_id) DO NOTHING RETURNING ",
             columns!()
         ))
@@ -347,23 +371,58 @@ impl Storage {
         })
     }
 
-    /// Deletes the user's notification `id`; `false` when it is not the user's.
+    /// Deletes the user's notification `id`, leaving a tombstone of its event id so a late
+    /// copy of the event is never stored again; `false` when it is not the user's.
     pub async fn delete(&self, user_id: &str, id: i64) -> Result<bool, StorageError> {
-        let done = sqlx::query("DELETE FROM notifications WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "WITH gone AS (DELETE FROM notifications WHERE id = $1 AND user_id = $2 \
+                           RETURNING event_id) \
+             INSERT INTO notification_tombstones (event_id) SELECT event_id FROM gone \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Deletes every notification of the user; returns how many.
+    /// Deletes every notification of the user, with a tombstone each (see
+    /// [`Storage::delete`]); returns how many.
     pub async fn delete_all(&self, user_id: &str) -> Result<u64, StorageError> {
-        let done = sqlx::query("DELETE FROM notifications WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "WITH gone AS (DELETE FROM notifications WHERE user_id = $1 RETURNING event_id) \
+             INSERT INTO notification_tombstones (event_id) SELECT event_id FROM gone \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Deletes notifications stored more than `notifications` ago and tombstones older than
+    /// `tombstones` (the retention settings); returns how many of each. Both use an index
+    /// on the age column (migration `20261130231500`).
+    pub async fn purge(
+        &self,
+        notifications: Duration,
+        tombstones: Duration,
+    ) -> Result<(u64, u64), StorageError> {
+        let rows = sqlx::query(
+            "DELETE FROM notifications WHERE created_at < now() - make_interval(secs => $1)",
+        )
+        .bind(notifications.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        let stones = sqlx::query(
+            "DELETE FROM notification_tombstones \
+             WHERE deleted_at < now() - make_interval(secs => $1)",
+        )
+        .bind(tombstones.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok((rows.rows_affected(), stones.rows_affected()))
     }
 
     /// How many rows there are, and how many distinct event ids: equal unless the unique

@@ -1,6 +1,7 @@
 //! The HTTP server: one module per route group, each exposing `router()`.
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::store::DatabaseWait;
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,12 +15,14 @@ mod probes;
 /// Answers whether the broker connection is up.
 pub type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// What `/ready` needs besides the database: whether the schema is migrated and the
-/// consumer is connected. Filled in by start-up as each part comes up.
+/// What `/ready` reports besides the API's database: whether the schema is migrated, and
+/// the consumer's state (connected, waiting out a database failure). Filled in by start-up
+/// as each part comes up.
 #[derive(Default)]
 pub struct Readiness {
     schema_ready: AtomicBool,
     broker: OnceLock<BrokerProbe>,
+    database_wait: OnceLock<DatabaseWait>,
 }
 
 impl Readiness {
@@ -41,6 +44,16 @@ impl Readiness {
     /// Whether the consumer is connected; `false` before it started.
     pub fn broker_connected(&self) -> bool {
         self.broker.get().is_some_and(|probe| probe())
+    }
+
+    /// Installs the consumer's database wait state (once).
+    pub fn set_database_wait(&self, wait: DatabaseWait) {
+        let _ = self.database_wait.set(wait);
+    }
+
+    /// How long the consumer has been waiting out a database failure, and why.
+    pub fn consumer_waiting(&self) -> Option<(std::time::Duration, String)> {
+        self.database_wait.get().and_then(DatabaseWait::current)
     }
 }
 

@@ -25,8 +25,10 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers (with the schema migrated) and the consumer is
-/// connected to the broker. 503 with the failing part otherwise.
+/// Readiness: what this pod can serve. Ready (200) when the API can answer: the schema is
+/// migrated and the API's database pool answers. The consumer is reported beside it, not
+/// gating it: a broker outage, or a consumer waiting out a database that refuses writes
+/// (read-only, full), leaves the read API serving. 503 with the failing part otherwise.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = if !state.readiness.schema_ready() {
         "migrating"
@@ -36,21 +38,31 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             Ok(Err(_)) | Err(_) => "down",
         }
     };
-    let broker = if state.readiness.broker_connected() {
+    let connected = state.readiness.broker_connected();
+    let broker = if connected {
         "connected"
     } else {
         "disconnected"
     };
-    let ready = database == "up" && broker == "connected";
+    let waiting = state.readiness.consumer_waiting();
+    let consumer = match (&waiting, connected) {
+        (Some(_), _) => "waiting_for_database",
+        (None, true) => "consuming",
+        (None, false) => "not_consuming",
+    };
+    let ready = database == "up";
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"ready": ready, "database": database, "broker": broker})),
-    )
+    let mut body =
+        json!({"ready": ready, "database": database, "broker": broker, "consumer": consumer});
+    if let Some((since, reason)) = waiting {
+        body["consumer_waiting_seconds"] = json!(since.as_secs());
+        body["consumer_waiting_reason"] = json!(reason);
+    }
+    (status, Json(body))
 }
 
 /// Prometheus text exposition.
