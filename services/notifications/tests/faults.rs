@@ -38,6 +38,7 @@ fn config(database_url: &str, amqp_url: &str) -> Config {
         notification_retention_days: 365,
         tombstone_retention_days: 90,
         bind_addr: "127.0.0.1:0".parse().unwrap(),
+        cors_allowed_origins: vec!["*".into()],
         log_format: LogFormat::Text,
     }
 }

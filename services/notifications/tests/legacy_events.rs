@@ -175,9 +175,11 @@ fn config(database_url: &str, amqp_url: &str) -> Config {
         // Declared beforehand as the operator declares a `legacy: true` queue.
         declare_queue: false,
         max_deliveries: 5,
-        prefetch: 200,
+        prefetch: 100,
         batch_size: 100,
         batch_linger_ms: 20,
+        notification_retention_days: 365,
+        tombstone_retention_days: 90,
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         cors_allowed_origins: vec!["*".into()],
         log_format: LogFormat::Text,
