@@ -104,9 +104,15 @@ async fn start(config: Config) -> (Service, CancellationToken) {
         .await
         .expect("the service starts");
     let addr = service.addr();
-    eventually("/ready", || async {
+    // Ready for the API is not yet subscribed: the queue is declared after the migrations, so
+    // a publish before "consuming" could find no queue (NO_ROUTE).
+    eventually("/ready with the consumer subscribed", || async {
         let r = reqwest::get(format!("http://{addr}/ready")).await.ok()?;
-        (r.status().as_u16() == 200).then_some(())
+        if r.status().as_u16() != 200 {
+            return None;
+        }
+        let body: serde_json::Value = r.json().await.ok()?;
+        (body["consumer"] == "consuming").then_some(())
     })
     .await;
     (service, shutdown)
