@@ -257,15 +257,21 @@ fn default_true() -> bool {
     true
 }
 
-/// Observed state, written from the reconciler's decision.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+/// Observed state. Two writers, each by server-side apply under its own field manager: the
+/// reconciler (swappo-operator: observedGeneration, broker, conditions Ready, BrokerReady,
+/// QueuesReady) and the autoscaler (swappo-operator-autoscaler: queues, consumers, depth,
+/// consumerReplicas, condition ConsumersScaled); the ReplicaSet clean-up counts
+/// replicaSetsCleaned.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SwappoMessagingStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `BrokerReady`, `QueuesReady`, `ConsumersScaled`.
+    /// `Ready`, `BrokerReady`, `QueuesReady`, `ConsumersScaled`: a map keyed by `type`, so
+    /// each writer owns its conditions and neither can undo the other's.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Where the broker is and which Secret holds its credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]

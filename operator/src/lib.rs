@@ -137,10 +137,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         };
         tokio::select! {
-            held = hold => held,
-            () = &mut controller => Ok(()),
+            held = hold => (held, false),
+            // Stopped by itself: `shutdown` cancelled its child token.
+            () = &mut controller => (Ok(()), true),
         }
     };
+    let (held, controller_done) = held;
     match &held {
         // Another replica may lead now: nothing more is written (every write checks), and
         // the controller is dropped at once, reconciles and the autoscaler's pass in flight
@@ -151,7 +153,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
         Ok(()) => {
             controller_stop.cancel();
-            controller.await;
+            if !controller_done {
+                controller.await;
+            }
         }
     }
     metrics.leader.set(0);

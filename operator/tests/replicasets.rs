@@ -521,11 +521,15 @@ async fn each_kind_of_stale_replica_set_is_deleted_with_an_event_and_counted_whi
             );
             panic!("{e}\nworker: {worker:#?}\nsets: {all:#?}\nstatus: {status:#?}");
         }
-        let events = events_with(&ns, reason).await;
-        let event = events
-            .iter()
-            .find(|e| e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .unwrap_or_else(|| panic!("an Event {reason} about {name}: {events:#?}"));
+        // The Event follows the deletion (published once the clean-up's deletions are done).
+        let event = eventually(&format!("an Event {reason} about {name}"), WAIT, || async {
+            events_with(&ns, reason)
+                .await
+                .into_iter()
+                .find(|e| e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(event.type_.as_deref(), Some("Normal"));
         let note = event.note.clone().unwrap_or_default();
         assert!(note.contains(name), "{note}");

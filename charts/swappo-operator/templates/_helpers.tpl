@@ -71,7 +71,8 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: ["swappo.io"]
   resources: ["swappomessagings"]
   verbs: ["get", "list", "watch"]
-# status, conditions and counters (merge patch of the status subresource).
+# status, conditions and counters: server-side apply by the reconciler and the autoscaler
+# (each its own field manager), a merge patch for the clean-up count.
 - apiGroups: ["swappo.io"]
   resources: ["swappomessagings/status"]
   verbs: ["patch"]

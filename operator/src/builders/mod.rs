@@ -14,6 +14,10 @@ pub mod secret;
 /// The field manager of every server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "swappo-operator";
 
+/// The autoscaler's field manager on the status (its fields only: see
+/// [`crate::crd::SwappoMessagingStatus`]).
+pub const SCALER_MANAGER: &str = "swappo-operator-autoscaler";
+
 /// `app.kubernetes.io/name` of the broker's objects.
 pub const APP_NAME: &str = "rabbitmq";
 /// `app.kubernetes.io/component` of the broker's objects.

@@ -280,9 +280,9 @@ pub async fn count_cleaned(
 /// deletion, and the new `status.replicaSetsCleaned` when any were deleted. A failure is a
 /// Warning Event, not a failed reconcile: the broker's status is not held hostage by the
 /// clean-up, retried next time.
-pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -> Option<u64> {
+pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) {
     match clean(ctx, sm, ns).await {
-        Ok(deleted) if deleted.is_empty() => None,
+        Ok(deleted) if deleted.is_empty() => {}
         Ok(deleted) => {
             for d in &deleted {
                 let code = d.stale.reason.code();
@@ -302,14 +302,10 @@ pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -
                 Err(e) => Err(e),
             };
             match counted {
-                Ok(total) => {
-                    ctx.metrics.wrote("SwappoMessaging/status");
-                    Some(total)
-                }
+                Ok(_) => ctx.metrics.wrote("SwappoMessaging/status"),
                 Err(e) => {
                     ctx.metrics.reconcile_failed(&e);
                     warn!(error = %e, "could not count the deleted ReplicaSets in status");
-                    None
                 }
             }
         }
@@ -317,7 +313,6 @@ pub async fn clean_replica_sets(sm: &SwappoMessaging, ctx: &Context, ns: &str) -
             ctx.metrics.reconcile_failed(&e);
             ctx.event(sm, true, "ReplicaSetCleanupFailed", e.to_string())
                 .await;
-            None
         }
     }
 }

@@ -10,10 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
-/// The delay before deciding again when the status write met a newer version of the
-/// resource (a conflict is not a failure: no backoff, no Warning Event).
-pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
-
 /// When to look again after a successful reconcile: at the recheck interval while the broker
 /// is ready, and also while a managed broker's pods are not ready (the Deployment's watch
 /// brings their change; polling at the retry interval would only add load: 1000 brokers

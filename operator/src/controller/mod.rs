@@ -16,13 +16,14 @@ pub use reconcile::reconcile;
 use crate::builders::{label, managed_by_selector};
 use crate::context::{Caches, Context};
 use crate::crd::SwappoMessaging;
+use crate::decisions::status::condition;
 use cleanup::managed_deployment_names;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -122,10 +123,14 @@ pub async fn run_controller(
     .default_backoff()
     .reflect(writer)
     .touched_objects()
-    // Only a new resource or a spec change calls for a reconcile: the status writes of the
-    // operator's own loops (reconciler, autoscaler, clean-up count) would otherwise each cost
-    // one more (several per resource while 1000 of them start).
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    // Only a new resource, a spec change, or the autoscaler's condition flipping calls for a
+    // reconcile (`Ready` follows `ConsumersScaled` at once, not at the next recheck): the
+    // other status writes of the operator's own loops would otherwise each cost one more
+    // (several per resource while 1000 of them start).
+    .predicate_filter(
+        predicates::generation.combine(consumers_scaled),
+        PredicateConfig::default(),
+    );
     let base = Controller::for_stream(trigger, resources.clone());
     let instances = resources.clone();
     let scaler = crate::scaler::run(ctx.clone(), resources, shutdown.clone());
@@ -153,6 +158,16 @@ pub async fn run_controller(
         .for_each(|()| async {});
     tokio::join!(controller, scaler, watches);
     info!("controller stopped");
+}
+
+/// The status of the autoscaler's `ConsumersScaled` condition, hashed (a reconcile
+/// predicate: when it flips, the reconciler decides `Ready` again).
+fn consumers_scaled(sm: &SwappoMessaging) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let status = &sm.condition(condition::CONSUMERS_SCALED)?.status;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    status.hash(&mut h);
+    Some(h.finish())
 }
 
 /// The `SwappoMessaging` objects a ReplicaSet change concerns: the instance named by its

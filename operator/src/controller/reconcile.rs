@@ -84,12 +84,12 @@ async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
         broker_pods,
         amqp,
     };
-    let cleaned = cleanup::clean_replica_sets(sm, ctx, &ns).await;
+    cleanup::clean_replica_sets(sm, ctx, &ns).await;
     // Whole seconds: the API keeps conditions' times at second precision.
     let now =
         Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
     let with_queues = declare_queues(sm, &target, creds, &observed, login, &now, ctx).await;
-    status::write(sm, &with_queues, &observed, cleaned, &now, ctx).await
+    status::write(sm, &with_queues, &observed, &now, ctx).await
 }
 
 /// The managed broker's objects, each ensured; its ready and wanted pods.

@@ -230,6 +230,62 @@ pub fn desired_status(sm: &SwappoMessaging, obs: &Observed, now: &Time) -> Swapp
     }
 }
 
+/// The conditions the reconciler owns; the autoscaler owns `ConsumersScaled`.
+pub const RECONCILER_CONDITIONS: [&str; 3] = [
+    condition::READY,
+    condition::BROKER_READY,
+    condition::QUEUES_READY,
+];
+
+/// The fields of `status` whose conditions `owned` keeps, and the `fields` given, as a
+/// server-side apply body's `status` (conditions sorted by type, absent fields left out).
+fn owned_part(
+    status: &SwappoMessagingStatus,
+    owned: impl Fn(&str) -> bool,
+    fields: serde_json::Value,
+) -> serde_json::Value {
+    let mut conditions: Vec<&Condition> = status
+        .conditions
+        .iter()
+        .filter(|c| owned(&c.type_))
+        .collect();
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let mut part = fields;
+    if let Some(map) = part.as_object_mut() {
+        map.insert("conditions".into(), serde_json::json!(conditions));
+        map.retain(|_, v| !v.is_null());
+    }
+    part
+}
+
+/// What the reconciler writes of `status` (under its own field manager): `observedGeneration`,
+/// `broker` and its conditions ([`RECONCILER_CONDITIONS`]).
+pub fn reconciler_part(status: &SwappoMessagingStatus) -> serde_json::Value {
+    owned_part(
+        status,
+        |t| RECONCILER_CONDITIONS.contains(&t),
+        serde_json::json!({
+            "observedGeneration": status.observed_generation,
+            "broker": status.broker,
+        }),
+    )
+}
+
+/// What the autoscaler writes of `status` (under its own field manager): `queues`, `depth`,
+/// `consumers`, `consumerReplicas` and `ConsumersScaled`.
+pub fn scaler_part(status: &SwappoMessagingStatus) -> serde_json::Value {
+    owned_part(
+        status,
+        |t| t == condition::CONSUMERS_SCALED,
+        serde_json::json!({
+            "queues": status.queues,
+            "depth": status.depth,
+            "consumers": status.consumers,
+            "consumerReplicas": status.consumer_replicas,
+        }),
+    )
+}
+
 /// An Event to publish for a condition change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -477,5 +533,44 @@ mod tests {
         assert_eq!(status.conditions[0].last_transition_time, t0);
         set_condition(&mut status, "X", &v(true, "C"), None, &t1);
         assert_eq!(status.conditions[0].last_transition_time, t1);
+    }
+
+    #[test]
+    fn the_reconciler_and_the_autoscaler_write_disjoint_parts_of_the_status() {
+        let mut sm = SwappoMessaging::test();
+        let mut status = desired_status(&sm, &observed(Some(AmqpCheck::Ok)), &at(0));
+        let scaled = Verdict {
+            ok: true,
+            reason: "Scaled",
+            message: String::new(),
+        };
+        set_condition(
+            &mut status,
+            condition::CONSUMERS_SCALED,
+            &scaled,
+            Some(1),
+            &at(0),
+        );
+        status.depth = Some(7);
+        status.replica_sets_cleaned = 2;
+        sm.status = Some(status.clone());
+        let ours = reconciler_part(&status);
+        let theirs = scaler_part(&status);
+        let types = |v: &serde_json::Value| -> Vec<String> {
+            v["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(types(&ours), ["BrokerReady", "Ready"]);
+        assert_eq!(types(&theirs), ["ConsumersScaled"]);
+        assert!(ours.get("depth").is_none() && ours.get("queues").is_none());
+        assert_eq!(theirs["depth"], 7);
+        assert!(theirs.get("broker").is_none());
+        // Nobody writes the clean-up count but the clean-up.
+        assert!(ours.get("replicaSetsCleaned").is_none());
+        assert!(theirs.get("replicaSetsCleaned").is_none());
     }
 }

@@ -1,8 +1,9 @@
 //! The status fields the autoscaler owns (`queues`, `depth`, `consumers`,
 //! `consumerReplicas`, `ConsumersScaled`), laid over the resource's status and written.
+use crate::builders::SCALER_MANAGER;
 use crate::context::Context;
 use crate::crd::{ConsumerStatus, QueueStatus, SwappoMessaging, SwappoMessagingStatus};
-use crate::decisions::status::{Verdict, condition, set_condition};
+use crate::decisions::status::{Verdict, condition, scaler_part, set_condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -45,56 +46,34 @@ impl Observation {
     }
 }
 
-/// Writes `ours` over the status of `sm` when it changes anything.
+/// Writes `ours` over the status of `sm` when it changes anything: server-side apply of the
+/// autoscaler's fields only, under its own field manager, so the reconciler's writes and this
+/// one never undo each other (no resourceVersion guard, no retry on conflict).
 pub(super) async fn write(
     ctx: &Context,
     sm: &SwappoMessaging,
     ns: &str,
     ours: &Observation,
 ) -> Result<(), String> {
-    let api: Api<SwappoMessaging> = Api::namespaced(ctx.client.clone(), ns);
-    let mut base = sm.clone();
-    // Twice at most: on a conflict (the reconciler wrote since the cache's copy), once more on
-    // a fresh read, so a scale just made keeps its lastScaleTime in status.
-    for attempt in 0..2 {
-        let previous = base.status.clone().unwrap_or_default();
-        let status = ours.applied_to(&previous);
-        if status == previous {
-            return Ok(());
-        }
-        ctx.may_write().map_err(|e| e.to_string())?;
-        // Only the fields this loop owns, guarded by the resourceVersion read.
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": base.resource_version()},
-            "status": {
-                "queues": status.queues,
-                "consumers": status.consumers,
-                "depth": status.depth,
-                "consumerReplicas": status.consumer_replicas,
-                "conditions": status.conditions,
-            }
-        });
-        match api
-            .patch_status(
-                &sm.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {
-                ctx.metrics.wrote("SwappoMessaging/status");
-                return Ok(());
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
-                ctx.metrics.read("SwappoMessaging");
-                base = api
-                    .get(&sm.name_any())
-                    .await
-                    .map_err(|e| format!("read after a conflict: {e}"))?;
-            }
-            Err(e) => return Err(format!("patch status: {e}")),
-        }
+    let previous = sm.status.clone().unwrap_or_default();
+    let part = scaler_part(&ours.applied_to(&previous));
+    if part == scaler_part(&previous) {
+        return Ok(());
     }
+    ctx.may_write().map_err(|e| e.to_string())?;
+    let body = serde_json::json!({
+        "apiVersion": "swappo.io/v1alpha1",
+        "kind": "SwappoMessaging",
+        "status": part,
+    });
+    let api: Api<SwappoMessaging> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        &sm.name_any(),
+        &PatchParams::apply(SCALER_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| format!("apply status: {e}"))?;
+    ctx.metrics.wrote("SwappoMessaging/status");
     Ok(())
 }
