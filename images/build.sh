@@ -166,7 +166,9 @@ import() {
   want="$(tar -xOf "$OUT/$1.tar" index.json | jq -r '.manifests[0].digest')"
   have="$(ctr_ images ls "name==$ref" 2>/dev/null | awk 'NR == 2 { print $3 }')"
   [ "$want" = "$have" ] && return 0
-  ctr_ images import "$OUT/$1.tar" >/dev/null
+  # ctr's stderr carries containerd's cgroup v1 deprecation notice: shown only on failure.
+  local err
+  err="$(ctr_ images import "$OUT/$1.tar" 2>&1 >/dev/null)" || die "importing $ref failed: $err"
   log "imported $ref ($want)"
 }
 

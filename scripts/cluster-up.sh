@@ -143,7 +143,9 @@ wait_up() {
   local name="$1" secs="$2" i; shift 2
   for ((i = 0; i < secs * 2; i++)); do
     if "$@" >/dev/null 2>&1; then return 0; fi
-    if ! component_pid "$name" >/dev/null; then
+    # By the recorded pid, not component_pid: right after the fork the process may not have
+    # exec'd its binary yet (seen on a loaded machine), and that is not an exit.
+    if process_gone "$(cut -d' ' -f1 "$PIDS/$name.pid")"; then
       tail -n 30 "$LOGS/$name.log" >&2
       die "$name exited during startup (log: $LOGS/$name.log)"
     fi

@@ -224,28 +224,20 @@ async fn a_pod_reaches_another_pod_through_its_service_by_cluster_dns_name() {
         resolved.starts_with(&format!("{cluster_ip} ")),
         "{name} resolves to its ClusterIP {cluster_ip}: {resolved}"
     );
-    // Pod -> Service (kube-proxy's DNAT) -> pod, by the short name from the pod's search path.
-    // The Endpoints may trail the server's readiness by a moment: retried within the guard.
-    let body = eventually("the server's token through its Service", GUARD, || async {
-        exec(
-            &ns,
-            "client",
-            &[
-                "busybox",
-                "wget",
-                "-q",
-                "-T",
-                "5",
-                "-O",
-                "-",
-                "http://server/token",
-            ],
-        )
-        .await
-        .ok()
+    // Pod -> Service (kube-proxy's DNAT) -> pod, by the short name from the pod's search path;
+    // an HTTP/1.0 request from bash (busybox's wget crashes in this image). The Endpoints may
+    // trail the server's readiness by a moment: retried within the guard.
+    let request =
+        "exec 3<>/dev/tcp/server/80 && printf 'GET /token HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+    let response = eventually("the server's token through its Service", GUARD, || async {
+        exec(&ns, "client", &["timeout", "5", "bash", "-c", request])
+            .await
+            .ok()
     })
     .await
     .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.lines().last().unwrap_or_default();
     assert_eq!(body.trim(), token);
 }
 
