@@ -70,7 +70,8 @@ images: ## Build every OCI image from Debian packages and release binaries (no D
 
 .PHONY: test
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check)
-	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 \
+	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
 	$(MAKE) --no-print-directory demo-check
 
 .PHONY: bench-consumer

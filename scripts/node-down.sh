@@ -51,6 +51,8 @@ node_down() {
     [ ! -d "$cg" ] || log "cannot remove cgroup $cg (processes left?)"
   done < <(node_cgroups)
   rm -rf "$NODE_RUN" /var/lib/kubelet/device-plugins/kubelet.sock
+  # What the kubelet makes there whatever its root-dir says; removed only when empty.
+  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
   # The kubelet links each container's log into /var/log/containers whatever podLogsDir says:
   # only the links into this node's logs go.
   if [ -d /var/log/containers ]; then
