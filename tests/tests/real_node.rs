@@ -224,6 +224,13 @@ async fn a_pod_reaches_another_pod_through_its_service_by_cluster_dns_name() {
         resolved.starts_with(&format!("{cluster_ip} ")),
         "{name} resolves to its ClusterIP {cluster_ip}: {resolved}"
     );
+    // A name outside the cluster is not resolved: CoreDNS has no upstream to ask (the query
+    // goes only to the in-cluster DNS Service).
+    let outside = exec(&ns, "client", &["getent", "hosts", "swappo-test.invalid"]).await;
+    assert!(
+        outside.is_err(),
+        "an outside name must not resolve: {outside:?}"
+    );
     // Pod -> Service (kube-proxy's DNAT) -> pod, by the short name from the pod's search path;
     // an HTTP/1.0 request from bash (busybox's wget crashes in this image). The Endpoints may
     // trail the server's readiness by a moment: retried within the guard.
