@@ -46,20 +46,32 @@ testenv-down: ## Stop the local RabbitMQ and PostgreSQL started by testenv-deps
 	bash scripts/testenv-down.sh
 
 .PHONY: testenv-bins
-testenv-bins: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok, helm from the Go proxy (cached)
+testenv-bins: ## Build the control plane, kubelet, kube-proxy, containerd, crictl, CoreDNS, pause from the Go proxy (cached); install the node's Debian parts
+	bash scripts/node-deps.sh
 	bash scripts/testenv-bins.sh
 
 .PHONY: cluster-up
-cluster-up: testenv-bins ## Start the local Kubernetes control plane (etcd, apiserver, kcm, scheduler, kwok node)
+cluster-up: testenv-bins ## Start the local cluster: control plane, kwok's fake node and a real node (containerd, kubelet, kube-proxy, CoreDNS; SWAPPO_NODE=0: none)
 	bash scripts/cluster-up.sh
 
 .PHONY: cluster-down
-cluster-down: ## Stop exactly the control-plane processes that cluster-up started
+cluster-down: ## Stop exactly what cluster-up started; remove the node's pods, mounts, shims, cgroups, bridge and rules
 	bash scripts/cluster-down.sh
+
+.PHONY: node-teardown-check
+node-teardown-check: cluster-up ## Destructive: a pod on the real node, then cluster-down must leave no process, mount, cgroup, bridge or rule behind; then cluster-up again
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_NODE=1 cargo test -p swappo-e2e --test node_teardown -- --ignored
+	bash scripts/cluster-up.sh
+
+.PHONY: images
+images: ## Build every OCI image from Debian packages and release binaries (no Docker) and import them into the node (images/build.sh)
+	bash scripts/node-deps.sh
+	bash images/build.sh --import-if-up all
 
 .PHONY: test
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check)
-	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 SWAPPO_REQUIRE_TOOLS=1 cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
+	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 SWAPPO_REQUIRE_TOOLS=1 \
+	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
 	$(MAKE) --no-print-directory demo-check
 
 .PHONY: bench-consumer

@@ -6,6 +6,7 @@
 #   etcd/       etcd's data (wiped at each fresh start: the cluster is throwaway test state)
 #   logs/       one log per component;  pids/  one pid file per component ("pid argv0")
 #   kubeconfig  admin identity (client cert in group system:masters)
+#   node/       the real node's configs, kubelet root, containerd images, volumes (node-lib.sh)
 # shellcheck source=env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -23,10 +24,21 @@ APISERVER_PORT=16443
 KCM_PORT=16257
 SCHEDULER_PORT=16259
 KWOK_PORT=16247
-APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
+
+# shellcheck source=node-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-lib.sh"
 
 # Start order; cluster-down stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+if node_enabled; then
+  # The API server listens on the node bridge's address: pods reach it through the `kubernetes`
+  # Service (an endpoint cannot be 127.0.0.1), and the address is not on any uplink.
+  APISERVER_ADDRESS="$NODE_IP"
+  COMPONENTS+=("${NODE_COMPONENTS[@]}")
+else
+  APISERVER_ADDRESS=127.0.0.1
+fi
+APISERVER_URL="https://$APISERVER_ADDRESS:$APISERVER_PORT"
 
 # The fake node kwok manages (scripts/cluster-up.sh creates it).
 KWOK_NODE=kwok-node-0

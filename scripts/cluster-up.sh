@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Starts the local Kubernetes control plane on loopback: etcd, kube-apiserver (RBAC, client-cert
-# auth, default admission plugins incl. Pod Security and ServiceAccount, service-account token
-# signing), kube-controller-manager, kube-scheduler and kwok with one fake Ready node.
+# Starts the local Kubernetes control plane on loopback: etcd, kube-apiserver (Node + RBAC
+# authorization, client-cert auth, default admission plugins incl. Pod Security and
+# ServiceAccount, service-account token signing), kube-controller-manager, kube-scheduler and kwok
+# with one fake Ready node; then the real node (scripts/node-up.sh: containerd, kubelet,
+# kube-proxy, CoreDNS, local-path provisioner) unless SWAPPO_NODE=0.
 # Binaries come from scripts/testenv-bins.sh; state, pids and logs live in $SWAPPO_STATE/cluster
 # (see scripts/cluster-lib.sh). Waits for /readyz, the node's Ready condition and the default
 # ServiceAccount. Idempotent: when everything already runs, it only verifies.
@@ -10,6 +12,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 # shellcheck source=cluster-lib.sh
 source "$here/cluster-lib.sh"
+# shellcheck source=node-up.sh
+source "$here/node-up.sh"
+# shellcheck source=node-down.sh
+source "$here/node-down.sh"
 
 # The state holds private keys and an admin kubeconfig: owner-only files.
 umask 077
@@ -20,6 +26,12 @@ READY_TIMEOUT=120
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
   [ -x "$SWAPPO_TESTBIN/$b" ] || die "$SWAPPO_TESTBIN/$b is missing: run 'make testenv-bins' first"
 done
+if node_enabled; then
+  [ "$(id -u)" = 0 ] || die "the real node needs root (bridge, mounts, cgroups): run as root or with SWAPPO_NODE=0"
+  require_node_parts
+fi
+# The node's daemons find containerd's shim, runc, mount and nsenter here.
+export PATH="$SWAPPO_TESTBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 tls_curl() { curl -fsS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$@"; }
 apiserver_ready() { tls_curl "$APISERVER_URL/readyz" | grep -qx ok; }
@@ -34,14 +46,25 @@ default_sa_exists() { kubectl_ -n default get serviceaccount default; }
 
 port_free() { [ -z "$(ss -Hltn "sport = :$1")" ]; }
 
-# ensure_pki: a private CA, the apiserver's serving cert (127.0.0.1/localhost), an admin client
-# cert (group system:masters) and the service-account signing key pair. Kept across restarts
-# so kubeconfigs stay valid; regenerated only when a file is missing.
+# leaf NAME SUBJECT EXTENSIONS: a cert signed by the CA.
+leaf() {
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -noenc)
+  openssl req -new "${ec[@]}" -keyout "$PKI/$1.key" -subj "$2" 2>/dev/null |
+    openssl x509 -req -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
+      -out "$PKI/$1.crt" -extfile <(printf '%b' "$3") 2>/dev/null
+}
+
+# ensure_pki: a private CA, the apiserver's serving cert (127.0.0.1, the node bridge's address,
+# the `kubernetes` Service), an admin client cert (group system:masters) and the
+# service-account signing key pair. Kept across restarts so kubeconfigs stay valid; regenerated
+# only when a file is missing or the serving cert lacks the node address (older layouts).
 ensure_pki() {
   local f missing=0
   for f in ca.crt ca.key apiserver.crt apiserver.key admin.crt admin.key sa.key sa.pub; do
     [ -s "$PKI/$f" ] || missing=1
   done
+  openssl x509 -in "$PKI/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -qF "IP Address:$NODE_IP" ||
+    missing=1
   [ "$missing" = 1 ] || return 0
   log "generating PKI in $PKI"
   rm -rf "$PKI" && mkdir -p "$PKI" && chmod 700 "$PKI"
@@ -49,15 +72,9 @@ ensure_pki() {
   openssl req -x509 "${ec[@]}" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -days 3650 \
     -subj "/CN=swappo-local-ca" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  # leaf NAME SUBJECT EXTENSIONS: a cert signed by the CA.
-  leaf() {
-    openssl req -new "${ec[@]}" -keyout "$PKI/$1.key" -subj "$2" 2>/dev/null |
-      openssl x509 -req -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 3650 \
-        -out "$PKI/$1.crt" -extfile <(printf '%b' "$3") 2>/dev/null
-  }
   # 10.96.0.1 is the in-cluster `kubernetes` Service IP (first of --service-cluster-ip-range).
   leaf apiserver "/CN=kube-apiserver" \
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:$NODE_IP,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
   leaf admin "/O=system:masters/CN=swappo-admin" \
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth"
   # RSA: RS256 is the signing algorithm every ServiceAccount token consumer accepts.
@@ -107,8 +124,11 @@ EOF
 
 # start NAME ARGS...: runs $SWAPPO_TESTBIN/NAME in its own session (a Ctrl-C of the caller does
 # not reach it), output appended to logs/NAME.log, "pid argv0" recorded in pids/NAME.pid.
-start() {
-  local name="$1" bin="$SWAPPO_TESTBIN/$1"; shift
+start() { local name="$1"; shift; start_with "$name" "$SWAPPO_TESTBIN/$name" "$@"; }
+
+# start_with NAME BINARY ARGS...: start, for a binary outside $SWAPPO_TESTBIN.
+start_with() {
+  local name="$1" bin="$2"; shift 2
   printf '\n==== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >>"$LOGS/$name.log"
   # No job control in a script, so setsid is not a group leader here and execs in place:
   # $! is the component's own pid.
@@ -123,7 +143,9 @@ wait_up() {
   local name="$1" secs="$2" i; shift 2
   for ((i = 0; i < secs * 2; i++)); do
     if "$@" >/dev/null 2>&1; then return 0; fi
-    if ! component_pid "$name" >/dev/null; then
+    # By the recorded pid, not component_pid: right after the fork the process may not have
+    # exec'd its binary yet (seen on a loaded machine), and that is not an exit.
+    if process_gone "$(cut -d' ' -f1 "$PIDS/$name.pid")"; then
       tail -n 30 "$LOGS/$name.log" >&2
       die "$name exited during startup (log: $LOGS/$name.log)"
     fi
@@ -135,6 +157,7 @@ wait_up() {
 
 start_cluster() {
   local name port
+  if node_enabled; then prepare_host; fi
   for port in $ETCD_PORT $ETCD_PEER_PORT $APISERVER_PORT $KCM_PORT $SCHEDULER_PORT $KWOK_PORT; do
     port_free "$port" || die "port $port is taken by another process: $(ss -Hltnp "sport = :$port" | head -1)"
   done
@@ -153,16 +176,30 @@ start_cluster() {
   wait_up etcd 30 etcd_healthy
 
   # Default admission plugins stay on (NamespaceLifecycle, ServiceAccount, PodSecurity, ...).
-  # --endpoint-reconciler-type=none: the `kubernetes` Endpoints would point at 127.0.0.1,
-  # which Endpoints validation rejects.
+  local node_flags=()
+  if node_enabled; then
+    # Node authorization: the kubelet reads only its own pods' Secrets and ConfigMaps (RBAC's
+    # system:node role has no subjects). The API server calls the kubelet (logs, exec) with
+    # its own client cert, checks the kubelet's serving cert, and uses the node's InternalIP:
+    # resolving its name would ask the machine's resolver. The default "lease" endpoint
+    # reconciler publishes the bridge address behind the `kubernetes` Service.
+    node_flags=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction
+      --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+      --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP)
+    node_pki
+  else
+    # none: the `kubernetes` Endpoints would point at 127.0.0.1, which validation rejects.
+    node_flags=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
+  fi
   start kube-apiserver --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address="$APISERVER_ADDRESS" --advertise-address="$APISERVER_ADDRESS" --secure-port="$APISERVER_PORT" \
     --cert-dir="$CLUSTER_DIR/apiserver-certs" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-    --client-ca-file="$PKI/ca.crt" --authorization-mode=RBAC \
+    --client-ca-file="$PKI/ca.crt" "${node_flags[@]}" \
     --service-account-issuer="$APISERVER_URL" --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
     --allow-privileged=true --profiling=false
   wait_up kube-apiserver "$READY_TIMEOUT" apiserver_ready
 
@@ -190,6 +227,7 @@ start_cluster() {
   wait_up kube-controller-manager 60 component_healthy "$KCM_PORT"
   wait_up kube-scheduler 60 component_healthy "$SCHEDULER_PORT"
   wait_up kwok 60 kwok_healthy
+  if node_enabled; then start_node; fi
 }
 
 # ensure_node: creates the fake node, or restores its labels and annotations (a test may have
@@ -222,6 +260,7 @@ verify() {
   ensure_node
   wait_up kwok 60 node_ready
   wait_up kube-controller-manager 60 default_sa_exists
+  if node_enabled; then verify_node; fi
 }
 
 main() {
@@ -236,13 +275,18 @@ main() {
   else
     if [ "${#running[@]}" -gt 0 ]; then
       log "partly running (${running[*]}): restarting all"
-      for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[i]}"; done
     fi
+    # What a stopped or crashed node left (mounts, shims, cgroups, rules: /run survives a
+    # reboot here) goes before a fresh start; a no-op when there is nothing.
+    node_down
+    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[i]}"; done
     log "starting the control plane ($SWAPPO_K8S_VERSION) in $CLUSTER_DIR"
     start_cluster
   fi
   verify
-  log "control plane ready in $(($(date +%s) - start_s))s: $(kubectl_ version -o json | jq -r .serverVersion.gitVersion), node $KWOK_NODE Ready"
+  local nodes="$KWOK_NODE"
+  if node_enabled; then nodes+=" and $NODE_NAME"; fi
+  log "cluster ready in $(($(date +%s) - start_s))s: $(kubectl_ version -o json | jq -r .serverVersion.gitVersion), node $nodes Ready"
   echo "export KUBECONFIG=$KUBECONFIG_PATH; $SWAPPO_TESTBIN/kubectl get nodes"
 }
 

@@ -5,12 +5,14 @@
 //! removes it when dropped. Endpoints come from `RABBITMQ_URL`, `RABBITMQ_MANAGEMENT_URL` and
 //! `DATABASE_URL`, with the defaults `scripts/env.sh` sets up.
 //! Control-plane tests take a namespace of their own on the local Kubernetes control plane
-//! ([`TestNamespace`], module [`kube`]; `make cluster-up`).
+//! ([`TestNamespace`], module [`kube`]; `make cluster-up`); tests on its real node (kubelet +
+//! containerd) use module [`node`].
 #![forbid(unsafe_code)]
 
 mod database;
 pub mod kube;
 mod management;
+pub mod node;
 mod outage_proxy;
 mod private_postgres;
 mod private_rabbitmq;

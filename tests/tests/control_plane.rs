@@ -62,6 +62,8 @@ async fn the_control_plane_serves_kubernetes_v1_37_2_with_a_ready_fake_node() {
         .unwrap()
         .items
         .into_iter()
+        // kwok's nodes (label type=kwok); the real node, when up, is tainted on purpose.
+        .filter(|n| n.labels().get("type").map(String::as_str) == Some("kwok"))
         .filter(|n| {
             let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
             conditions

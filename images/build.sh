@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Builds the local node's OCI images without a Docker engine or a registry, from Debian's
+# packages (mmdebstrap) and binaries this repo builds, and imports them into the node's
+# containerd. Each image is an OCI layout tar in $SWAPPO_CACHE/images, rebuilt only when what it
+# is made of changed (a stamp per image).
+#
+# Usage: images/build.sh [--import] [SET|IMAGE...]
+#   sets:   node  pause, coredns, debian (what cluster-up needs)       [default: all]
+#           all   node + rabbitmq + the operator and both services (release binaries)
+#   --import  also import into the running node's containerd whatever it lacks or holds stale
+#   --import-if-up  the same when the node's containerd runs, else only build
+#
+# Images (names: swappo.local/...; CRI would rewrite a short name to docker.io/library/...):
+#   registry.k8s.io/pause:3.10.2            Kubernetes' pause.c, static (containerd's pinned sandbox)
+#   swappo.local/coredns:v1.15.0            the trimmed CoreDNS of hack/testplane/coredns
+#   swappo.local/debian:bookworm            Debian minbase + busybox: the test bed's pods
+#   swappo.local/rabbitmq:3.10.8-management Debian's rabbitmq-server, laid out like the official
+#                                           `rabbitmq` image (images/rabbitmq/)
+#   swappo.local/swappo-operator:dev, swappo.local/swappo-matchmaking:dev,
+#   swappo.local/swappo-notifications:dev   release binaries on a distroless-like Debian base,
+#                                           entrypoint/user/ports as in their Dockerfiles
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+# shellcheck source=../scripts/cluster-lib.sh
+source "$root/scripts/cluster-lib.sh"
+# Files inside the layers are world-readable unless a package says otherwise (cluster-up runs
+# with umask 077).
+umask 022
+
+OUT="$SWAPPO_CACHE/images"
+SUITE=bookworm
+# Debian's mirrors exactly as this machine's apt uses them.
+APT_SOURCES="${SWAPPO_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}"
+# Documentation, manuals and translations are never read in a container.
+DPKG_EXCLUDES=(--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
+  --dpkgopt='path-exclude=/usr/share/info/*')
+
+declare -A IMAGE_REF=(
+  [pause]="$PAUSE_IMAGE"
+  [coredns]=swappo.local/coredns:v1.15.0
+  [debian]=swappo.local/debian:bookworm
+  [rabbitmq]=swappo.local/rabbitmq:3.10.8-management
+  [operator]=swappo.local/swappo-operator:dev
+  [matchmaking]=swappo.local/swappo-matchmaking:dev
+  [notifications]=swappo.local/swappo-notifications:dev
+)
+NODE_SET=(pause coredns debian)
+ALL_SET=(pause coredns debian rabbitmq operator matchmaking notifications)
+
+key_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# fresh IMAGE KEY: the image's tar exists and was built from KEY.
+fresh() { [ -s "$OUT/$1.tar" ] && [ "$(cat "$OUT/$1.key" 2>/dev/null)" = "$2" ]; }
+
+# finish IMAGE KEY CONFIG LAYER...: wraps the layers as the image's OCI tar, records KEY.
+finish() {
+  local img="$1" key="$2" cfg="$3"
+  shift 3
+  bash "$here/mk-oci.sh" "${IMAGE_REF[$img]}" "$cfg" "$@" >"$OUT/$img.tar.tmp"
+  mv "$OUT/$img.tar.tmp" "$OUT/$img.tar"
+  echo "$key" >"$OUT/$img.key"
+}
+
+# binary_layer OUT.tar PATH-IN-IMAGE FILE: one root-owned executable.
+binary_layer() {
+  local stage
+  stage="$(mktemp -d)"
+  install -D -m 0755 "$3" "$stage$2"
+  tar -C "$stage" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$1" .
+  rm -rf "$stage"
+}
+
+# debian_layer OUT.tar MMDEBSTRAP-ARGS...: a Debian root filesystem as one layer. Numeric owners
+# are kept (uid 999's files stay uid 999's); /dev is the runtime's to fill.
+debian_layer() {
+  local out="$1"
+  shift
+  SOURCE_DATE_EPOCH=0 mmdebstrap --quiet --mode=root --format=tar "${DPKG_EXCLUDES[@]}" "$@" \
+    "$SUITE" - "$APT_SOURCES" </dev/null | mmtarfilter --path-exclude='/dev/*' >"$out"
+}
+
+build_pause() {
+  local key
+  key="$(key_of "$SWAPPO_TESTBIN/pause")"
+  fresh pause "$key" && return 0
+  binary_layer "$W/pause-layer.tar" /pause "$SWAPPO_TESTBIN/pause"
+  echo '{"User": "65535:65535", "Entrypoint": ["/pause"]}' >"$W/pause.json"
+  finish pause "$key" "$W/pause.json" "$W/pause-layer.tar"
+}
+
+build_coredns() {
+  local key
+  key="$(key_of "$SWAPPO_TESTBIN/coredns")"
+  fresh coredns "$key" && return 0
+  binary_layer "$W/coredns-layer.tar" /coredns "$SWAPPO_TESTBIN/coredns"
+  echo '{"User": "65532:65532", "Entrypoint": ["/coredns"], "ExposedPorts": {"1053/udp": {}, "1053/tcp": {}}}' >"$W/coredns.json"
+  finish coredns "$key" "$W/coredns.json" "$W/coredns-layer.tar"
+}
+
+build_debian() {
+  local key
+  key="$(printf '%s\n' "$SUITE" busybox "${DPKG_EXCLUDES[*]}" | key_of - "$APT_SOURCES")"
+  fresh debian "$key" && return 0
+  debian_layer "$W/debian-layer.tar" --variant=minbase --include=busybox
+  jq -n '{Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["bash"]}' >"$W/debian.json"
+  finish debian "$key" "$W/debian.json" "$W/debian-layer.tar"
+}
+
+build_rabbitmq() {
+  local key d="$here/rabbitmq"
+  key="$(printf '%s\n' "$SUITE" rabbitmq-server "${DPKG_EXCLUDES[*]}" | key_of - "$APT_SOURCES" "$d"/*)"
+  fresh rabbitmq "$key" && return 0
+  # The rabbitmq user and group are 999 like the official image's; they exist before the
+  # package installs (its postinst creates them only when missing). The postinst's generated
+  # Erlang cookie goes: the official image bakes none (RabbitMQ makes one at first start, the
+  # operator mounts its own).
+  debian_layer "$W/rabbitmq-layer.tar" --variant=minbase --include=rabbitmq-server \
+    --essential-hook='echo "rabbitmq:x:999:" >>"$1/etc/group"; echo "rabbitmq:!:19000::::::" >>"$1/etc/shadow"; echo "rabbitmq:x:999:999::/var/lib/rabbitmq:/usr/sbin/nologin" >>"$1/etc/passwd"' \
+    --customize-hook="bash '$d/customize.sh' \"\$1\" '$d'"
+  jq -n --slurpfile c "$d/config.json" '$c[0]' >"$W/rabbitmq.json"
+  finish rabbitmq "$key" "$W/rabbitmq.json" "$W/rabbitmq-layer.tar"
+}
+
+# The services' run base: what distroless/cc-debian12 holds (glibc, libgcc, CA certificates,
+# tzdata, netbase) and its nonroot user 65532, no shell run by anything.
+build_app_base() {
+  local key
+  key="$(printf '%s\n' "$SUITE" app-base "${DPKG_EXCLUDES[*]}" | key_of - "$APT_SOURCES" "$here/app-base.sh")"
+  if [ -s "$OUT/app-base-layer.tar" ] && [ "$(cat "$OUT/app-base-layer.key" 2>/dev/null)" = "$key" ]; then return 0; fi
+  debian_layer "$OUT/app-base-layer.tar.tmp" --variant=extract \
+    --include=base-files,libc6,libgcc-s1,ca-certificates,tzdata,netbase \
+    --customize-hook="bash '$here/app-base.sh' \"\$1\""
+  mv "$OUT/app-base-layer.tar.tmp" "$OUT/app-base-layer.tar"
+  echo "$key" >"$OUT/app-base-layer.key"
+}
+
+# build_app IMAGE PACKAGE: the crate's release binary on the app base; config from its
+# Dockerfile's run stage (images/<image>.json, compared with the Dockerfile by
+# tests/tests/node_images.rs).
+build_app() {
+  local img="$1" pkg="$2" bin key
+  bin="$CARGO_TARGET_DIR/release/$pkg"
+  (cd "$root" && cargo build -q --release --locked -p "$pkg" --bin "$pkg")
+  build_app_base
+  key="$(key_of "$bin" "$here/$img.json" "$OUT/app-base-layer.key")"
+  fresh "$img" "$key" && return 0
+  binary_layer "$W/$img-layer.tar" "/usr/local/bin/$pkg" "$bin"
+  finish "$img" "$key" "$here/$img.json" "$OUT/app-base-layer.tar" "$W/$img-layer.tar"
+}
+
+build() {
+  case "$1" in
+    pause | coredns | debian | rabbitmq) "build_$1" ;;
+    operator) build_app operator swappo-operator ;;
+    matchmaking) build_app matchmaking swappo-matchmaking ;;
+    notifications) build_app notifications swappo-notifications ;;
+    *) die "unknown image $1 (images: ${ALL_SET[*]})" ;;
+  esac
+}
+
+# import IMAGE: into the node's containerd, unless it already holds this exact manifest.
+import() {
+  local ref="${IMAGE_REF[$1]}" want have
+  want="$(tar -xOf "$OUT/$1.tar" index.json | jq -r '.manifests[0].digest')"
+  have="$(ctr_ images ls "name==$ref" 2>/dev/null | awk 'NR == 2 { print $3 }')"
+  [ "$want" = "$have" ] && return 0
+  # ctr's stderr carries containerd's cgroup v1 deprecation notice: shown only on failure.
+  local err
+  err="$(ctr_ images import "$OUT/$1.tar" 2>&1 >/dev/null)" || die "importing $ref failed: $err"
+  log "imported $ref ($want)"
+}
+
+main() {
+  local do_import=0 images=() a
+  for a in "$@"; do
+    case "$a" in
+      --import) do_import=1 ;;
+      --import-if-up) if containerd_answers >/dev/null 2>&1; then do_import=1; fi ;;
+      node) images+=("${NODE_SET[@]}") ;;
+      all) images+=("${ALL_SET[@]}") ;;
+      *) images+=("$a") ;;
+    esac
+  done
+  [ "${#images[@]}" -gt 0 ] || images=("${ALL_SET[@]}")
+  mkdir -p "$OUT"
+  W="$(mktemp -d)"
+  trap 'rm -rf "$W"' EXIT
+  local img start
+  for img in "${images[@]}"; do
+    start=$(date +%s)
+    if ! build "$img"; then die "building image $img failed"; fi
+    [ "$(($(date +%s) - start))" -lt 1 ] || log "image $img: ${IMAGE_REF[$img]} ready in $(($(date +%s) - start))s"
+  done
+  if [ "$do_import" = 1 ]; then
+    containerd_answers >/dev/null 2>&1 || die "the node's containerd does not answer on $CONTAINERD_SOCK: run 'make cluster-up'"
+    for img in "${images[@]}"; do import "$img"; done
+  fi
+}
+
+main "$@"

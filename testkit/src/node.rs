@@ -1,0 +1,126 @@
+//! The real node of the local cluster (`make cluster-up`, scripts/node-up.sh): a kubelet with
+//! containerd on this machine, next to kwok's fake node. Tests that need it call
+//! [`real_node_client`], which skips them (returns `None`) when the node is not Ready, unless
+//! `SWAPPO_REQUIRE_NODE` is set (as `make test` does): then it panics with the reason.
+//!
+//! The node is tainted [`NODE_TAINT`] so that pods of the other tests (images that cannot be
+//! pulled here) stay on kwok's node; a pod meant for the real node takes [`placement`].
+use crate::kube::{KubeError, kube_config, local_kubeconfig_path};
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The real node's name (scripts/node-lib.sh).
+pub const NODE_NAME: &str = "swappo-node-0";
+/// The taint that keeps pods off the real node unless they tolerate it.
+pub const NODE_TAINT: &str = "swappo.io/real-node";
+/// The test bed's Debian image (minbase + busybox), built by images/build.sh and imported by
+/// `make cluster-up`; never pulled.
+pub const DEBIAN_IMAGE: &str = "swappo.local/debian:bookworm";
+/// The StorageClass of the node's local-path provisioner.
+pub const STORAGE_CLASS: &str = "swappo-local-path";
+/// The node's pod bridge (its address is the node IP and the API server's).
+pub const NODE_BRIDGE: &str = "swappo0";
+
+/// How long [`real_node_client`] waits for the API server's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SWAPPO_REQUIRE_NODE` is set (and not `0`): a missing node fails the test.
+pub fn node_required() -> bool {
+    std::env::var("SWAPPO_REQUIRE_NODE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// An admin client when the real node is Ready; `None` (the test skips, saying why on
+/// stderr) otherwise, or a panic when [`node_required`].
+pub async fn real_node_client() -> Option<Client> {
+    match probe_node().await {
+        Ok(client) => Some(client),
+        Err(why) if node_required() => panic!("SWAPPO_REQUIRE_NODE is set but {why}"),
+        Err(why) => {
+            eprintln!(
+                "skipped: {why} (run `make cluster-up`; SWAPPO_REQUIRE_NODE=1 fails instead)"
+            );
+            None
+        }
+    }
+}
+
+async fn probe_node() -> Result<Client, String> {
+    let config = kube_config().await.map_err(|e| e.to_string())?;
+    let client = Client::try_from(config).map_err(|e| KubeError::Client(e).to_string())?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = tokio::time::timeout(PROBE_TIMEOUT, nodes.get_opt(NODE_NAME))
+        .await
+        .map_err(|_| format!("the API server did not answer within {PROBE_TIMEOUT:?}"))?
+        .map_err(|e| format!("the control plane is unreachable: {e}"))?
+        .ok_or_else(|| format!("there is no node {NODE_NAME}"))?;
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        Ok(client)
+    } else {
+        Err(format!("node {NODE_NAME} is not Ready"))
+    }
+}
+
+/// Pod spec fields that put a pod on the real node: its hostname as node selector and a
+/// toleration of [`NODE_TAINT`]. Merge them into a pod spec's JSON.
+pub fn placement() -> serde_json::Value {
+    serde_json::json!({
+        "nodeSelector": {"kubernetes.io/hostname": NODE_NAME},
+        "tolerations": [{"key": NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+    })
+}
+
+/// The directory of the test bed's binaries (`$SWAPPO_TESTBIN`, else its default under
+/// `$SWAPPO_CACHE` or `~/.cache/swappo`, as in scripts/env.sh).
+pub fn testbin_dir() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("SWAPPO_TESTBIN").unwrap_or_else(|| {
+        var("SWAPPO_CACHE")
+            .unwrap_or_else(|| {
+                var("HOME")
+                    .unwrap_or_else(|| PathBuf::from("/root"))
+                    .join(".cache/swappo")
+            })
+            .join("testbin/v1.37.2")
+    })
+}
+
+/// Runs the test bed's `kubectl` with the test cluster's kubeconfig; returns its stdout, or an
+/// error with its exit status and stderr. For what kube-rs does not cover without extra
+/// features: `logs` and `exec` through the API server and the kubelet.
+pub async fn kubectl(args: &[&str]) -> Result<String, String> {
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(local_kubeconfig_path);
+    let out = tokio::process::Command::new(testbin_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--request-timeout=30s")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("kubectl {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
