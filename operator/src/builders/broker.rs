@@ -20,7 +20,12 @@ use std::collections::BTreeMap;
 pub const DEFAULT_IMAGE: &str = "rabbitmq:3.13-management-alpine";
 /// Volume size when `spec.broker.storage.size` is unset.
 pub const DEFAULT_STORAGE: &str = "1Gi";
-/// The uid/gid of the `rabbitmq` user in the official images.
+/// The uid/gid the broker runs as and the volume is group-owned by: 999, the `rabbitmq`
+/// user and group of the official Docker Library images (`rabbitmq:*`, Debian/Ubuntu and
+/// Alpine variants alike, which create them with that fixed id) and of the default image
+/// [`DEFAULT_IMAGE`]; the real-node test image (`images/build.sh`, Debian's `rabbitmq-server`
+/// package laid out like the official image) creates its user with the same id. An image with another uid needs its own
+/// security context (not configurable yet).
 const RABBITMQ_UID: i64 = 999;
 /// Old ReplicaSets kept for rollback; the stale-ReplicaSet clean-up handles the rest.
 const REVISION_HISTORY_LIMIT: i32 = 3;
@@ -229,12 +234,37 @@ fn pod_security_context() -> PodSecurityContext {
         run_as_user: Some(RABBITMQ_UID),
         run_as_group: Some(RABBITMQ_UID),
         fs_group: Some(RABBITMQ_UID),
+        // The default (`Always`) re-chowns every file of the volume at each pod start, which
+        // grows with the message store; `OnRootMismatch` only when the volume root's owner
+        // or mode is not already right (a fresh volume).
+        fs_group_change_policy: Some("OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
         }),
         ..PodSecurityContext::default()
     }
+}
+
+/// The broker pod's fixed hostname: `<name>-rabbitmq` (at most 49 characters, a DNS label).
+///
+/// RabbitMQ names its node `rabbit@<hostname>` and keeps its database in
+/// `/var/lib/rabbitmq/mnesia/rabbit@<hostname>`. A Deployment's pod is named
+/// `<deployment>-<replicaset hash>-<random>`, so without a fixed hostname every new pod
+/// (rollout, eviction, drain, `kubectl delete pod`) started an empty database beside the old
+/// one: its queues and messages were gone (issue 19, measured: 200 of 200 persistent messages
+/// lost). `spec.hostname` pins the name, and `RABBITMQ_NODENAME` says it explicitly so the
+/// image's own default can never differ. The kubelet writes `<pod IP> <hostname>` into the
+/// pod's managed `/etc/hosts`, so the short name resolves inside the pod without DNS, which
+/// is all a single node needs (epmd and the CLI tools dial `rabbit@<hostname>` locally; no
+/// other node ever dials it, hence no headless Service, `subdomain` or long names).
+pub fn node_hostname(sm: &SwappoMessaging) -> String {
+    Names::of(sm).deployment
+}
+
+/// `RABBITMQ_NODENAME` of the broker: `rabbit@` + [`node_hostname`].
+pub fn node_name(sm: &SwappoMessaging) -> String {
+    format!("rabbit@{}", node_hostname(sm))
 }
 
 /// FNV-1a, 64 bits: a stable hash for the config annotation (not for security).
@@ -310,11 +340,19 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
             port("management", MANAGEMENT_PORT),
             port("prometheus", PROMETHEUS_PORT),
         ]),
-        env: Some(vec![EnvVar {
-            name: "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
-            value: Some(format!("{PLUGINS_DIR}/enabled_plugins")),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![
+            EnvVar {
+                name: "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
+                value: Some(format!("{PLUGINS_DIR}/enabled_plugins")),
+                ..EnvVar::default()
+            },
+            // The node name, hence the database directory: see `node_hostname`.
+            EnvVar {
+                name: "RABBITMQ_NODENAME".into(),
+                value: Some(node_name(sm)),
+                ..EnvVar::default()
+            },
+        ]),
         readiness_probe: Some(readiness_probe()),
         startup_probe: Some(startup_probe()),
         resources: Some(resources(sm)),
@@ -402,6 +440,7 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    hostname: Some(node_hostname(sm)),
                     init_containers: Some(vec![cookie_init]),
                     containers: vec![broker],
                     volumes: Some(volumes),
@@ -439,6 +478,41 @@ mod tests {
         assert_eq!(
             spec.selector.match_labels.as_ref(),
             Some(&selector_labels(&SwappoMessaging::test()))
+        );
+    }
+
+    #[test]
+    fn the_broker_node_name_and_hostname_are_fixed_so_a_new_pod_opens_the_same_database() {
+        let sm = SwappoMessaging::test();
+        let d = deployment(&sm);
+        let pod = pod_spec(&d);
+        assert_eq!(pod.hostname.as_deref(), Some("test-rabbitmq"));
+        // Not the pod's generated name: no pod name is known when the template is built,
+        // and the template is the same for every pod of every ReplicaSet.
+        assert!(pod.subdomain.is_none() && pod.host_network != Some(true));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let nodename = env
+            .iter()
+            .find(|e| e.name == "RABBITMQ_NODENAME")
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(nodename, Some("rabbit@test-rabbitmq"));
+        assert!(!env.iter().any(|e| e.name == "RABBITMQ_USE_LONGNAME"));
+        let mut other = SwappoMessaging::test();
+        other.spec.broker.image = Some("rabbitmq:4.0-management".into());
+        assert_eq!(pod_spec(&deployment(&other)).hostname, pod.hostname);
+    }
+
+    #[test]
+    fn the_volume_is_rechowned_only_on_a_root_mismatch_for_the_images_uid_999() {
+        let d = deployment(&SwappoMessaging::test());
+        let psc = pod_spec(&d).security_context.clone().unwrap();
+        assert_eq!(
+            psc.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (Some(999), Some(999), Some(999))
         );
     }
 
