@@ -94,6 +94,24 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// What happens to the data volume and the credentials Secret when the resource is
+    /// deleted: `Retain` (default) keeps both, and a resource re-created with the same name
+    /// adopts them (same data, same login); `Delete` lets them go with it.
+    #[serde(default)]
+    pub when_deleted: RetentionPolicy,
+}
+
+/// Retention of the broker's data volume and credentials (like a StatefulSet's
+/// `persistentVolumeClaimRetentionPolicy`).
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum RetentionPolicy {
+    /// Kept: not owned by the resource, so garbage collection leaves them.
+    #[default]
+    Retain,
+    /// Owned by the resource: deleted with it.
+    Delete,
 }
 
 /// A broker the operator adopts instead of running one.
@@ -134,6 +152,7 @@ fn default_management_port() -> u16 {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.maxPriority) || self.type == 'classic'").message("spec.queues[].maxPriority needs type classic: quorum queues do not take x-max-priority"))]
+#[x_kube(validation = Rule::new("!self.legacy || (self.type == 'classic' && !has(self.messageTtlSeconds) && !has(self.maxPriority))").message("spec.queues[].legacy declares the queue as the original services do (classic, no arguments): set type classic and remove messageTtlSeconds and maxPriority"))]
 pub struct QueueSpec {
     /// Queue name: letters, digits, `_`, `-`, `.`; not starting with the reserved `amq.`.
     /// At most 200 characters, so `<name>.dlq` fits too.
@@ -157,6 +176,13 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 255))]
     pub max_priority: Option<u8>,
+    /// Declare the queue exactly as the original Python services do (`queue_declare(durable=True)`:
+    /// classic, no arguments), so they keep starting during a migration (docs/migrating.md).
+    /// `<queue>.dlx` and `<queue>.dlq` are still declared beside it, but without arguments
+    /// nothing routes to them: the broker dead-letters nothing, only a consumer that
+    /// publishes there itself. Needs `type: classic`, no TTL and no priority.
+    #[serde(default)]
+    pub legacy: bool,
 }
 
 /// Queue types.
@@ -353,6 +379,20 @@ impl SwappoMessaging {
     /// Whether the operator runs the broker (no `spec.broker.external`).
     pub fn is_managed(&self) -> bool {
         self.spec.broker.external.is_none()
+    }
+
+    /// Whether the broker's volume and credentials Secret outlive the resource: a managed
+    /// broker with `spec.broker.storage.whenDeleted: Retain` (the default). An external
+    /// broker's Secret only copies the user's, so it goes with the resource.
+    pub fn retains_data(&self) -> bool {
+        let policy = self
+            .spec
+            .broker
+            .storage
+            .as_ref()
+            .map(|s| s.when_deleted)
+            .unwrap_or_default();
+        self.is_managed() && policy == RetentionPolicy::Retain
     }
 
     /// The condition `type_` of the current status, if any.

@@ -50,6 +50,7 @@ impl TestExt for SwappoMessaging {
             dead_letter: Some(DeadLetterSpec { max_deliveries: 5 }),
             message_ttl_seconds: None,
             max_priority: None,
+            legacy: false,
         });
         self
     }

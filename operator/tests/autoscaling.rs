@@ -112,6 +112,58 @@ async fn condition(
 }
 
 #[tokio::test]
+async fn a_legacy_queue_accepts_the_original_services_plain_durable_declare() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-legacy-").await;
+    login_secret(&ns).await;
+    let queue = unique_name("legacy-");
+    let mut sm = SwappoMessaging::new_in("dev", ns.name())
+        .with_credentials_secret("broker-login")
+        .with_external("127.0.0.1", false)
+        .with_queue(&queue);
+    let q = &mut sm.spec.queues[0];
+    (q.queue_type, q.legacy) = (QueueType::Classic, true);
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    ns.api::<SwappoMessaging>()
+        .create(&PostParams::default(), &sm)
+        .await
+        .unwrap();
+    let ready = condition(&ns, "QueuesReady", "True").await;
+    assert_eq!(ready.reason, "LegacyQueue");
+    assert!(
+        ready
+            .message
+            .contains("classic, no arguments: no broker-side dead-lettering"),
+        "{}",
+        ready.message
+    );
+
+    // What the original publisher and consumer do: queue_declare(queue, durable=True).
+    let conn = amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let declared = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(
+        declared.is_ok(),
+        "the plain declare is refused: {declared:?}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    operator.stop().await;
+    delete_topology(&[&queue]).await;
+}
+
+#[tokio::test]
 async fn a_backlog_scales_the_consumer_up_at_once_and_down_only_after_the_delay() {
     let Some(client) = cluster().await else {
         return;

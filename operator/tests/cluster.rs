@@ -164,6 +164,21 @@ async fn bad_objects_are_refused_by_the_api_server_with_a_message_naming_the_fie
             &["spec.broker.storage.size", "must be larger than 0"],
         ),
         (
+            "legacy quorum queue",
+            "a",
+            serde_json::json!({"queues": [{"name": "q", "legacy": true}]}),
+            &[
+                "spec.queues[0]",
+                "legacy declares the queue as the original services do",
+            ],
+        ),
+        (
+            "legacy queue with a TTL",
+            "a",
+            serde_json::json!({"queues": [{"name": "q", "type": "classic", "legacy": true, "messageTtlSeconds": 5}]}),
+            &["spec.queues[0]", "remove messageTtlSeconds and maxPriority"],
+        ),
+        (
             "external mixed with managed fields",
             "a",
             serde_json::json!({"broker": {"image": "rabbitmq:3", "credentialsSecret": "c", "external": {"host": "h"}}}),
@@ -260,6 +275,9 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
     let service = wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
     let config = wait_exists(&ns.api::<ConfigMap>(), "dev-rabbitmq-config").await;
     let claim = wait_exists(&ns.api::<PersistentVolumeClaim>(), "dev-rabbitmq-data").await;
+    // The Secret and the claim are retained by default (whenDeleted: Retain): no owner.
+    assert!(secret_obj.metadata.owner_references.is_none());
+    assert!(claim.metadata.owner_references.is_none());
     let metas = [
         &secret_obj.metadata,
         &deployment.metadata,
@@ -269,12 +287,19 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
     ];
     for meta in metas {
         let name = meta.name.clone().unwrap();
-        let owner = &meta.owner_references.as_ref().expect("owner references")[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("SwappoMessaging", uid.as_str(), Some(true)),
-            "{name}"
-        );
+        if let Some(owners) = &meta.owner_references {
+            let owner = &owners[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("SwappoMessaging", uid.as_str(), Some(true)),
+                "{name}"
+            );
+        } else {
+            assert!(
+                name == "dev-rabbitmq" || name == "dev-rabbitmq-data",
+                "{name}"
+            );
+        }
         let labels = meta.labels.as_ref().unwrap();
         for (k, v) in [
             ("app.kubernetes.io/name", "rabbitmq"),
@@ -559,6 +584,45 @@ async fn a_missing_credentials_secret_is_a_false_condition_not_a_crash() {
 }
 
 #[tokio::test]
+async fn a_user_given_password_with_uri_and_config_characters_yields_uris_that_decode_to_it() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-awkward-").await;
+    let (username, password) = ("ops:team@x", "p@ss:w/rd#1?x=%41&\u{e9} ~");
+    credentials_secret(&ns, "mine", username, password).await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(
+        &ns,
+        &SwappoMessaging::new_in("dev", ns.name()).with_credentials_secret("mine"),
+    )
+    .await;
+    let own = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
+    let decode = |s: &str| -> String {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .unwrap()
+            .into_owned()
+    };
+    for key in ["uri", "management-uri"] {
+        let uri = url::Url::parse(&secret(&own, key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(decode(uri.username()), username, "{key}");
+        assert_eq!(decode(uri.password().unwrap()), password, "{key}");
+        assert_eq!(
+            uri.host_str().map(str::to_owned),
+            Some(format!("dev-rabbitmq.{}.svc", ns.name())),
+            "{key}"
+        );
+    }
+    let conf = secret(&own, "advanced.config");
+    let bytes: Vec<String> = password.bytes().map(|b| b.to_string()).collect();
+    assert!(conf.contains(&format!("{{default_pass, <<{}>>}}", bytes.join(","))));
+    assert!(!conf.contains("p@ss"));
+    operator.stop().await;
+}
+
+#[tokio::test]
 async fn drift_is_repaired_a_deleted_service_and_edited_probes_come_back() {
     let Some(client) = cluster().await else {
         return;
@@ -704,51 +768,119 @@ async fn the_secret_is_stable_across_reconciles_and_operator_restarts() {
     second.stop().await;
 }
 
+/// `dev` with `spec.broker.storage.whenDeleted` set to `policy`.
+fn with_retention(ns: &TestNamespace, policy: &str) -> SwappoMessaging {
+    let mut sm = SwappoMessaging::new_in("dev", ns.name());
+    sm.spec.broker.storage =
+        Some(serde_json::from_value(serde_json::json!({"whenDeleted": policy})).unwrap());
+    sm
+}
+
+/// Deletes `dev` (foreground) and waits until it and its Deployment, Service, ConfigMap and
+/// pods are gone.
+async fn delete_and_wait(ns: &TestNamespace) {
+    ns.api::<SwappoMessaging>()
+        .delete("dev", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let managed = ListParams::default().labels(MANAGED_BY);
+    let (d, s, c) = (
+        ns.api::<Deployment>(),
+        ns.api::<Service>(),
+        ns.api::<ConfigMap>(),
+    );
+    eventually(
+        "the resource and its owned objects to be gone",
+        WAIT,
+        || async {
+            let left = d.list(&managed).await.ok()?.items.len()
+                + s.list(&managed).await.ok()?.items.len()
+                + c.list(&managed).await.ok()?.items.len()
+                + ns.api::<Pod>()
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .len()
+                + usize::from(
+                    ns.api::<SwappoMessaging>()
+                        .get_opt("dev")
+                        .await
+                        .ok()?
+                        .is_some(),
+                );
+            (left == 0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[tokio::test]
-async fn deleting_the_resource_garbage_collects_everything_it_owns() {
+async fn deleting_the_resource_with_when_deleted_delete_garbage_collects_everything_it_owns() {
     let Some(client) = cluster().await else {
         return;
     };
     install_crd(&client).await;
     let ns = TestNamespace::new("op-gc-").await;
     let operator = InProcess::start(&client, ns.name(), local_broker_settings());
-    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    create(&ns, &with_retention(&ns, "Delete")).await;
     wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
     wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
-    ns.api::<SwappoMessaging>()
-        .delete("dev", &DeleteParams::foreground())
-        .await
-        .unwrap();
+    wait_exists(&ns.api::<PersistentVolumeClaim>(), "dev-rabbitmq-data").await;
+    delete_and_wait(&ns).await;
     let managed = ListParams::default().labels(MANAGED_BY);
-    let (d, s, c, sec, p) = (
-        ns.api::<Deployment>(),
-        ns.api::<Service>(),
-        ns.api::<ConfigMap>(),
-        ns.api::<Secret>(),
-        ns.api::<PersistentVolumeClaim>(),
-    );
-    eventually("every owned object to be gone", WAIT, || async {
-        let left = d.list(&managed).await.ok()?.items.len()
-            + s.list(&managed).await.ok()?.items.len()
-            + c.list(&managed).await.ok()?.items.len()
-            + sec.list(&managed).await.ok()?.items.len()
-            + p.list(&managed).await.ok()?.items.len()
-            + ns.api::<Pod>()
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .len();
+    let (sec, p) = (ns.api::<Secret>(), ns.api::<PersistentVolumeClaim>());
+    eventually("the Secret and claim to be gone too", WAIT, || async {
+        let left =
+            sec.list(&managed).await.ok()?.items.len() + p.list(&managed).await.ok()?.items.len();
         (left == 0).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        ns.api::<SwappoMessaging>()
-            .get_opt("dev")
-            .await
-            .unwrap()
-            .is_none()
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn with_retain_the_claim_and_secret_outlive_the_resource_and_a_new_one_adopts_them() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-retain-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    // Retain is the default: no storage section at all.
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let (sec, p) = (ns.api::<Secret>(), ns.api::<PersistentVolumeClaim>());
+    let before = wait_exists(&sec, "dev-rabbitmq").await;
+    let claim = wait_exists(&p, "dev-rabbitmq-data").await;
+    assert!(before.metadata.owner_references.is_none());
+    assert!(claim.metadata.owner_references.is_none());
+    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    delete_and_wait(&ns).await;
+    // The garbage collector has run (the Deployment is gone); the two are still there.
+    let kept = sec.get("dev-rabbitmq").await.expect("the Secret is kept");
+    let kept_claim = p.get("dev-rabbitmq-data").await.expect("the claim is kept");
+    assert_eq!(kept.metadata.uid, before.metadata.uid);
+    assert_eq!(kept_claim.metadata.uid, claim.metadata.uid);
+
+    // Re-created with the same name: the same claim and the same login.
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let deployment = wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    let volumes = deployment.spec.template.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == "dev-rabbitmq-data")
+    }));
+    let after = sec.get("dev-rabbitmq").await.unwrap();
+    assert_eq!(after.metadata.uid, before.metadata.uid);
+    for key in ["username", "password", "erlang-cookie"] {
+        assert_eq!(secret(&after, key), secret(&before, key), "{key}");
+    }
+    assert_eq!(
+        p.get("dev-rabbitmq-data").await.unwrap().metadata.uid,
+        claim.metadata.uid
     );
     operator.stop().await;
 }

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use lapin::Connection;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use swappo_messaging::legacy_queue;
 use swappo_messaging::topology::{self, QueueKind, TopologyError};
 
 /// The messaging crate's spec for a `spec.queues` entry.
@@ -39,7 +40,8 @@ pub async fn declare_all(broker: &Broker, sm: &SwappoMessaging) -> Declared {
 }
 
 /// Declares every queue of `sm` on `conn` (each on a channel of its own), each bounded by
-/// `timeout`; the outcome per queue, in spec order.
+/// `timeout`; the outcome per queue, in spec order. A `legacy` queue is declared as the
+/// original services declare it (`swappo_messaging::legacy_queue`).
 pub async fn declare_on(
     conn: &Connection,
     timeout: std::time::Duration,
@@ -47,8 +49,14 @@ pub async fn declare_on(
 ) -> Vec<(String, Result<(), TopologyError>)> {
     let mut results = Vec::with_capacity(sm.spec.queues.len());
     for q in &sm.spec.queues {
-        let spec = topology_spec(q);
-        let outcome = tokio::time::timeout(timeout, topology::declare_with(conn, &spec))
+        let declared = async {
+            if q.legacy {
+                legacy_queue::declare_legacy(conn, &q.name).await
+            } else {
+                topology::declare_with(conn, &topology_spec(q)).await
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, declared)
             .await
             .unwrap_or_else(|_| {
                 Err(TopologyError::InvalidSpec {
@@ -79,7 +87,14 @@ pub async fn with_queues_declared(
         Some(conn) => Ok(declare_on(conn, broker.timeout, &sm).await),
         None => declare_all(broker, &sm).await,
     };
-    let verdict = queues_verdict(&outcome);
+    let legacy: Vec<&str> = sm
+        .spec
+        .queues
+        .iter()
+        .filter(|q| q.legacy)
+        .map(|q| q.name.as_str())
+        .collect();
+    let verdict = queues_verdict(&outcome, &legacy);
     if !verdict.ok {
         tracing::warn!(reason = verdict.reason, "{}", verdict.message);
     }

@@ -1,6 +1,6 @@
 //! The broker the operator runs (DESIGN §4): ConfigMap, PVC, Deployment and Service.
 use super::secret::key;
-use super::{Names, labels, object_meta, selector_labels};
+use super::{Names, labels, object_meta, retained_object_meta, selector_labels};
 use crate::crd::{AMQP_PORT, MANAGEMENT_PORT, PROMETHEUS_PORT, SwappoMessaging};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -20,7 +20,12 @@ use std::collections::BTreeMap;
 pub const DEFAULT_IMAGE: &str = "rabbitmq:3.13-management-alpine";
 /// Volume size when `spec.broker.storage.size` is unset.
 pub const DEFAULT_STORAGE: &str = "1Gi";
-/// The uid/gid of the `rabbitmq` user in the official images.
+/// The uid/gid the broker runs as and the volume is group-owned by: 999, the `rabbitmq`
+/// user and group of the official Docker Library images (`rabbitmq:*`, Debian/Ubuntu and
+/// Alpine variants alike, which create them with that fixed id) and of the default image
+/// [`DEFAULT_IMAGE`]; the real-node test image (`images/build.sh`, Debian's `rabbitmq-server`
+/// package laid out like the official image) creates its user with the same id. An image with another uid needs its own
+/// security context (not configurable yet).
 const RABBITMQ_UID: i64 = 999;
 /// Old ReplicaSets kept for rollback; the stale-ReplicaSet clean-up handles the rest.
 const REVISION_HISTORY_LIMIT: i32 = 3;
@@ -50,12 +55,15 @@ pub fn rabbitmq_conf(sm: &SwappoMessaging) -> String {
          log.console.level = info\n",
         sm.metadata.name.as_deref().unwrap_or_default()
     );
-    if let Some(limit) = memory_limit_bytes(&resources(sm)) {
-        conf.push_str(&format!(
-            "# Memory limit {limit} bytes minus headroom for the Erlang VM itself.\n\
-             total_memory_available_override_value = {}\n",
-            memory_budget(limit)
-        ));
+    match memory_limit_bytes(&resources(sm)) {
+        Some(Ok(limit)) => conf.push_str(&memory_conf(limit)),
+        // Not refused by the CRD (a CEL rule on the limits map exceeds the API server's cost
+        // budget: its values have no maximum length): RabbitMQ's defaults, and the config
+        // says why. TODO(issue 19): a False BrokerReady condition naming the field.
+        Some(Err(e)) => conf.push_str(&format!(
+            "# No memory settings: the container's memory limit is not a quantity ({e}).\n"
+        )),
+        None => {}
     }
     conf
 }
@@ -64,36 +72,78 @@ pub fn rabbitmq_conf(sm: &SwappoMessaging) -> String {
 pub const ENABLED_PLUGINS: &str = "[rabbitmq_management,rabbitmq_prometheus].\n";
 
 /// The memory RabbitMQ may plan with for a container limit of `limit` bytes: the limit minus
-/// a headroom of 20 %, at most 2 GiB (the RabbitMQ cluster-operator's rule).
+/// a headroom of 20 %, at most 2 GiB (the RabbitMQ cluster-operator's rule): the Erlang VM's
+/// own code, atoms and allocator slack live outside what RabbitMQ accounts for.
 pub fn memory_budget(limit: u64) -> u64 {
     const MAX_HEADROOM: u64 = 2 << 30;
     limit - (limit / 5).min(MAX_HEADROOM)
 }
 
-/// Bytes of a memory quantity such as `512Mi`, `1G` or `1073741824`; `None` for forms this
-/// parser does not take (then no override is written and RabbitMQ uses its default).
-pub fn parse_memory(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (digits, suffix) = q.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor: u64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(factor)
+/// The memory high watermark for a container limit of `limit` bytes, absolute: 60 % of
+/// [`memory_budget`] (RabbitMQ 3.13's default relative watermark, 0.6, applied to the budget
+/// instead of the host's memory, which the Erlang VM sees instead of the cgroup's limit). The
+/// 40 % above it absorbs a garbage collection (which can briefly double a process's heap) and
+/// the quorum write-ahead log below, so publishers are blocked before the kernel kills the pod.
+/// 512Mi: 257 698 038 bytes (about 246 MiB).
+pub fn memory_high_watermark(limit: u64) -> u64 {
+    let sixty_percent = u128::from(memory_budget(limit)) * 3 / 5;
+    u64::try_from(sixty_percent).unwrap_or(u64::MAX)
 }
 
-fn memory_limit_bytes(resources: &ResourceRequirements) -> Option<u64> {
-    parse_memory(&resources.limits.as_ref()?.get("memory")?.0)
+/// RabbitMQ's default quorum WAL size (`raft.wal_max_size_bytes`): 512 MiB.
+const DEFAULT_WAL_MAX_BYTES: u64 = 512 << 20;
+
+/// The quorum queues' write-ahead log size for a container limit of `limit` bytes: a quarter
+/// of [`memory_budget`], at most RabbitMQ's default of 512 MiB. The WAL's entries are held in
+/// memory until it rolls over, and RabbitMQ's docs ask for a memory limit of at least 3 to 4
+/// times the WAL size; the default 512 MiB alone exceeds a 512Mi container.
+/// 512Mi: 107 374 182 bytes (about 102 MiB).
+pub fn quorum_wal_max_bytes(limit: u64) -> u64 {
+    (memory_budget(limit) / 4).min(DEFAULT_WAL_MAX_BYTES)
+}
+
+/// The memory lines of `rabbitmq.conf` for a container limit of `limit` bytes.
+fn memory_conf(limit: u64) -> String {
+    format!(
+        "# Container memory limit: {limit} bytes. The Erlang VM sees the host's memory, so\n\
+         # every figure is set from the limit (see swappo-operator builders/broker.rs).\n\
+         # Budget: the limit minus 20 % headroom (at most 2 GiB) for the VM itself.\n\
+         total_memory_available_override_value = {}\n\
+         # Publishers are blocked at 60 % of the budget: room above for GC and the WAL.\n\
+         vm_memory_high_watermark.absolute = {}\n\
+         # Quorum write-ahead log held in memory until flushed: a quarter of the budget,\n\
+         # at most RabbitMQ's default 512 MiB.\n\
+         raft.wal_max_size_bytes = {}\n",
+        memory_budget(limit),
+        memory_high_watermark(limit),
+        quorum_wal_max_bytes(limit),
+    )
+}
+
+/// Bytes of a Kubernetes memory quantity, in every form the API server takes (`512Mi`,
+/// `0.5Gi`, `1.5Gi`, `1G`, `536870912`, `1e9`, `500M`...), parsed by `kube_quantity`;
+/// fractional bytes round up. An error for what is not a non-negative quantity.
+///
+/// Through `to_bytes_f64`: the crate's integer conversions truncate the number before the
+/// suffix is applied (`0.5Gi` would be 0). The crate parses the number as an `f64` anyway,
+/// which is exact for every whole byte count below 2^53 (8 PiB).
+pub fn parse_memory(q: &str) -> Result<u64, String> {
+    /// 2^53: above it an `f64` no longer holds every integer.
+    const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+    let parsed = kube_quantity::ParsedQuantity::try_from(q.trim())
+        .map_err(|e| format!("{q:?} is not a Kubernetes quantity: {e}"))?;
+    match parsed.to_bytes_f64().map(f64::ceil) {
+        Some(bytes) if (0.0..EXACT_LIMIT).contains(&bytes) => Ok(bytes as u64),
+        _ => Err(format!(
+            "{q:?} is not a byte count between 0 and 8 PiB this operator can use"
+        )),
+    }
+}
+
+/// The container's memory limit in bytes: `None` when there is none, an error when it does
+/// not parse.
+fn memory_limit_bytes(resources: &ResourceRequirements) -> Option<Result<u64, String>> {
+    Some(parse_memory(&resources.limits.as_ref()?.get("memory")?.0))
 }
 
 /// The broker container's resources: the spec's, or requests 250m CPU / 256Mi and a 512Mi
@@ -128,11 +178,12 @@ pub fn config_map(sm: &SwappoMessaging) -> ConfigMap {
     }
 }
 
-/// The data volume claim (ReadWriteOnce: one broker pod at a time).
+/// The data volume claim (ReadWriteOnce: one broker pod at a time); not owned by `sm` unless
+/// `whenDeleted: Delete` (see [`retained_object_meta`]).
 pub fn pvc(sm: &SwappoMessaging) -> PersistentVolumeClaim {
     let storage = sm.spec.broker.storage.clone().unwrap_or_default();
     PersistentVolumeClaim {
-        metadata: object_meta(sm, &Names::of(sm).pvc),
+        metadata: retained_object_meta(sm, &Names::of(sm).pvc),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class_name,
@@ -229,12 +280,37 @@ fn pod_security_context() -> PodSecurityContext {
         run_as_user: Some(RABBITMQ_UID),
         run_as_group: Some(RABBITMQ_UID),
         fs_group: Some(RABBITMQ_UID),
+        // The default (`Always`) re-chowns every file of the volume at each pod start, which
+        // grows with the message store; `OnRootMismatch` only when the volume root's owner
+        // or mode is not already right (a fresh volume).
+        fs_group_change_policy: Some("OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
         }),
         ..PodSecurityContext::default()
     }
+}
+
+/// The broker pod's fixed hostname: `<name>-rabbitmq` (at most 49 characters, a DNS label).
+///
+/// RabbitMQ names its node `rabbit@<hostname>` and keeps its database in
+/// `/var/lib/rabbitmq/mnesia/rabbit@<hostname>`. A Deployment's pod is named
+/// `<deployment>-<replicaset hash>-<random>`, so without a fixed hostname every new pod
+/// (rollout, eviction, drain, `kubectl delete pod`) started an empty database beside the old
+/// one: its queues and messages were gone (issue 19, measured: 200 of 200 persistent messages
+/// lost). `spec.hostname` pins the name, and `RABBITMQ_NODENAME` says it explicitly so the
+/// image's own default can never differ. The kubelet writes `<pod IP> <hostname>` into the
+/// pod's managed `/etc/hosts`, so the short name resolves inside the pod without DNS, which
+/// is all a single node needs (epmd and the CLI tools dial `rabbit@<hostname>` locally; no
+/// other node ever dials it, hence no headless Service, `subdomain` or long names).
+pub fn node_hostname(sm: &SwappoMessaging) -> String {
+    Names::of(sm).deployment
+}
+
+/// `RABBITMQ_NODENAME` of the broker: `rabbit@` + [`node_hostname`].
+pub fn node_name(sm: &SwappoMessaging) -> String {
+    format!("rabbit@{}", node_hostname(sm))
 }
 
 /// FNV-1a, 64 bits: a stable hash for the config annotation (not for security).
@@ -310,11 +386,25 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
             port("management", MANAGEMENT_PORT),
             port("prometheus", PROMETHEUS_PORT),
         ]),
-        env: Some(vec![EnvVar {
-            name: "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
-            value: Some(format!("{PLUGINS_DIR}/enabled_plugins")),
-            ..EnvVar::default()
-        }]),
+        env: Some(vec![
+            EnvVar {
+                name: "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
+                value: Some(format!("{PLUGINS_DIR}/enabled_plugins")),
+                ..EnvVar::default()
+            },
+            // The default user (Secret key `advanced.config`, see builders::secret).
+            EnvVar {
+                name: "RABBITMQ_ADVANCED_CONFIG_FILE".into(),
+                value: Some(format!("{CONF_DIR}/advanced.config")),
+                ..EnvVar::default()
+            },
+            // The node name, hence the database directory: see `node_hostname`.
+            EnvVar {
+                name: "RABBITMQ_NODENAME".into(),
+                value: Some(node_name(sm)),
+                ..EnvVar::default()
+            },
+        ]),
         readiness_probe: Some(readiness_probe()),
         startup_probe: Some(startup_probe()),
         resources: Some(resources(sm)),
@@ -350,7 +440,9 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
                     VolumeProjection {
                         secret: Some(SecretProjection {
                             name: names.secret.clone(),
-                            items: Some(vec![item(key::DEFAULT_USER_CONF, "20-default-user.conf")]),
+                            // Not a `*.conf`: conf.d loads only those; the path is
+                            // given by RABBITMQ_ADVANCED_CONFIG_FILE below.
+                            items: Some(vec![item(key::ADVANCED_CONFIG, "advanced.config")]),
                             ..SecretProjection::default()
                         }),
                         ..VolumeProjection::default()
@@ -402,6 +494,7 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    hostname: Some(node_hostname(sm)),
                     init_containers: Some(vec![cookie_init]),
                     containers: vec![broker],
                     volumes: Some(volumes),
@@ -439,6 +532,41 @@ mod tests {
         assert_eq!(
             spec.selector.match_labels.as_ref(),
             Some(&selector_labels(&SwappoMessaging::test()))
+        );
+    }
+
+    #[test]
+    fn the_broker_node_name_and_hostname_are_fixed_so_a_new_pod_opens_the_same_database() {
+        let sm = SwappoMessaging::test();
+        let d = deployment(&sm);
+        let pod = pod_spec(&d);
+        assert_eq!(pod.hostname.as_deref(), Some("test-rabbitmq"));
+        // Not the pod's generated name: no pod name is known when the template is built,
+        // and the template is the same for every pod of every ReplicaSet.
+        assert!(pod.subdomain.is_none() && pod.host_network != Some(true));
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let nodename = env
+            .iter()
+            .find(|e| e.name == "RABBITMQ_NODENAME")
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(nodename, Some("rabbit@test-rabbitmq"));
+        assert!(!env.iter().any(|e| e.name == "RABBITMQ_USE_LONGNAME"));
+        let mut other = SwappoMessaging::test();
+        other.spec.broker.image = Some("rabbitmq:4.0-management".into());
+        assert_eq!(pod_spec(&deployment(&other)).hostname, pod.hostname);
+    }
+
+    #[test]
+    fn the_volume_is_rechowned_only_on_a_root_mismatch_for_the_images_uid_999() {
+        let d = deployment(&SwappoMessaging::test());
+        let psc = pod_spec(&d).security_context.clone().unwrap();
+        assert_eq!(
+            psc.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (Some(999), Some(999), Some(999))
         );
     }
 
@@ -588,22 +716,81 @@ mod tests {
         assert!(data["enabled_plugins"].contains("rabbitmq_prometheus"));
         let conf = &data["rabbitmq.conf"];
         assert!(conf.contains("listeners.tcp.default = 5672"));
-        // 512Mi limit minus 20 %.
-        assert!(conf.contains(&format!(
-            "total_memory_available_override_value = {}",
-            429_496_730
-        )));
+        // 512Mi limit minus 20 %, 60 % of that, a quarter of that.
+        assert!(conf.contains("total_memory_available_override_value = 429496730\n"));
+        assert!(conf.contains("vm_memory_high_watermark.absolute = 257698038\n"));
+        assert!(conf.contains("raft.wal_max_size_bytes = 107374182\n"));
         assert!(!conf.contains("default_pass"));
     }
 
     #[test]
-    fn memory_quantities_parse_and_the_headroom_is_capped_at_two_gibibytes() {
-        assert_eq!(parse_memory("512Mi"), Some(512 << 20));
-        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
-        assert_eq!(parse_memory("1048576"), Some(1 << 20));
-        assert_eq!(parse_memory("1.5Gi"), None);
-        assert_eq!(parse_memory("lots"), None);
-        assert_eq!(memory_budget(1000), 800);
-        assert_eq!(memory_budget(64 << 30), (64 << 30) - (2 << 30));
+    fn memory_quantities_parse_in_every_kubernetes_form() {
+        let table: &[(&str, u64)] = &[
+            ("512Mi", 512 << 20),
+            ("0.5Gi", 512 << 20),
+            ("1.5Gi", 3 << 29),
+            ("1Gi", 1 << 30),
+            ("1G", 1_000_000_000),
+            ("500M", 500_000_000),
+            ("128k", 128_000),
+            ("64Ki", 64 << 10),
+            ("536870912", 536_870_912),
+            ("1e9", 1_000_000_000),
+            ("1E3", 1000),
+            (" 2Gi ", 2 << 30),
+        ];
+        for (q, bytes) in table {
+            assert_eq!(parse_memory(q), Ok(*bytes), "{q}");
+        }
+        for bad in ["lots", "", "12Qi", "1.5.5Gi", "-1Gi"] {
+            let e = parse_memory(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_watermark_and_quorum_wal_derive_from_the_limit() {
+        // limit, budget, watermark (absolute), WAL
+        let table: &[(u64, u64, u64, u64)] = &[
+            (512 << 20, 429_496_730, 257_698_038, 107_374_182),
+            (3 << 29, 1_288_490_189, 773_094_113, 322_122_547),
+            (4 << 30, 3_435_973_837, 2_061_584_302, 512 << 20),
+            (64 << 30, 62 << 30, 39_943_195_852, 512 << 20),
+            (1000, 800, 480, 200),
+        ];
+        for &(limit, budget, watermark, wal) in table {
+            assert_eq!(memory_budget(limit), budget, "{limit}");
+            assert_eq!(memory_high_watermark(limit), watermark, "{limit}");
+            assert_eq!(quorum_wal_max_bytes(limit), wal, "{limit}");
+            assert!(watermark + wal <= budget, "{limit}");
+        }
+    }
+
+    #[test]
+    fn a_fractional_limit_is_configured_not_dropped() {
+        let mut sm = SwappoMessaging::test();
+        sm.spec.broker.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("1.5Gi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+        let conf = rabbitmq_conf(&sm);
+        assert!(
+            conf.contains("vm_memory_high_watermark.absolute = 773094113\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("raft.wal_max_size_bytes = 322122547\n"),
+            "{conf}"
+        );
+        sm.spec.broker.resources.as_mut().unwrap().limits = Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("lots".into()),
+        )]));
+        let conf = rabbitmq_conf(&sm);
+        assert!(!conf.contains("watermark"), "{conf}");
+        assert!(conf.contains("not a quantity (\"lots\""), "{conf}");
     }
 }

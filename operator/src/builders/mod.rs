@@ -110,6 +110,18 @@ pub fn owner_reference(sm: &SwappoMessaging) -> OwnerReference {
     owner
 }
 
+/// Metadata of an object `name` that outlives `sm` when it retains its data
+/// ([`SwappoMessaging::retains_data`]): without an owner reference then, so garbage collection
+/// leaves it and a resource re-created with the same name finds and uses it (it is found by
+/// name and label, never by owner); with one under `whenDeleted: Delete`.
+pub fn retained_object_meta(sm: &SwappoMessaging, name: &str) -> ObjectMeta {
+    let mut meta = object_meta(sm, name);
+    if sm.retains_data() {
+        meta.owner_references = None;
+    }
+    meta
+}
+
 /// Metadata of an owned object `name`: namespace, standard labels, owner reference.
 pub fn object_meta(sm: &SwappoMessaging, name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -125,6 +137,28 @@ pub fn object_meta(sm: &SwappoMessaging, name: &str) -> ObjectMeta {
 mod tests {
     use super::*;
     use crate::fixtures::TestExt;
+
+    #[test]
+    fn retained_objects_have_no_owner_unless_the_policy_is_delete_or_the_broker_external() {
+        use crate::crd::{RetentionPolicy, StorageSpec};
+        let mut sm = SwappoMessaging::test();
+        assert!(retained_object_meta(&sm, "x").owner_references.is_none());
+        assert!(retained_object_meta(&sm, "x").labels.is_some());
+        sm.spec.broker.storage = Some(StorageSpec {
+            when_deleted: RetentionPolicy::Delete,
+            ..StorageSpec::default()
+        });
+        assert_eq!(
+            retained_object_meta(&sm, "x").owner_references,
+            object_meta(&sm, "x").owner_references
+        );
+        let external = SwappoMessaging::test().with_external("h", false);
+        assert!(
+            retained_object_meta(&external, "x")
+                .owner_references
+                .is_some()
+        );
+    }
 
     #[test]
     fn owned_object_names_derive_from_the_resource_name() {

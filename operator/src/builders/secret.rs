@@ -1,15 +1,18 @@
 //! The credentials Secret `<name>-rabbitmq` (DESIGN §5).
 //!
 //! Keys: `username`, `password`, `host`, `port`, `uri`, `management-uri`, and for a broker the
-//! operator runs also `erlang-cookie` and `default_user.conf` (mounted into the broker's
-//! `conf.d`, so the password never sits in a ConfigMap or an environment variable).
+//! operator runs also `erlang-cookie` and `advanced.config` (the broker's default user, mounted
+//! into the broker, so the password never sits in a ConfigMap or an environment variable).
+//! The user name and password may hold any character: they are percent-encoded in the URIs
+//! and written as byte lists in `advanced.config`.
 //! The random parts are generated once and taken over from the existing Secret on every later
 //! reconcile: nothing rotates by accident.
-use super::{Names, object_meta};
+use super::{Names, retained_object_meta};
 use crate::crd::{AMQP_PORT, MANAGEMENT_PORT, SwappoMessaging};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::Rng;
 use rand::distr::{Alphanumeric, Uniform};
 use std::collections::BTreeMap;
@@ -31,8 +34,45 @@ pub mod key {
     pub const MANAGEMENT_URI: &str = "management-uri";
     /// Erlang distribution cookie of a managed broker.
     pub const ERLANG_COOKIE: &str = "erlang-cookie";
-    /// `default_user`/`default_pass` for the broker's `conf.d`.
-    pub const DEFAULT_USER_CONF: &str = "default_user.conf";
+    /// `default_user`/`default_pass` of a managed broker, as an Erlang `advanced.config`.
+    pub const ADVANCED_CONFIG: &str = "advanced.config";
+}
+
+/// What is percent-encoded in a URI's user information: everything but RFC 3986's unreserved
+/// characters (`A-Z a-z 0-9 - . _ ~`), so `@ : / # ? %` and non-ASCII cannot end the user
+/// name or password early; every URI parser decodes it back.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `user:password` percent-encoded for a URI's authority.
+fn userinfo(username: &str, password: &str) -> String {
+    format!(
+        "{}:{}",
+        utf8_percent_encode(username, USERINFO),
+        utf8_percent_encode(password, USERINFO)
+    )
+}
+
+/// The broker's default user as an Erlang `advanced.config`.
+///
+/// Not `rabbitmq.conf`: in its format `#` starts a comment wherever it stands and cannot be
+/// escaped or quoted (rabbitmq-server issue 2345), and leading or trailing spaces are trimmed,
+/// so a user-given password such as `a#b` would silently become `a`. Erlang binaries written
+/// as byte lists (`<<97,35,98>>`) need no escaping at all and carry any UTF-8.
+pub fn advanced_config(username: &str, password: &str) -> String {
+    let binary = |s: &str| {
+        let bytes: Vec<String> = s.bytes().map(|b| b.to_string()).collect();
+        format!("<<{}>>", bytes.join(","))
+    };
+    format!(
+        "%% Written by swappo-operator: the default user, applied to an empty database only.\n\
+         [{{rabbit, [{{default_user, {}}}, {{default_pass, {}}}]}}].\n",
+        binary(username),
+        binary(password)
+    )
 }
 
 /// Length of a generated password: 32 alphanumerics from a CSPRNG, about 190 bits
@@ -187,6 +227,7 @@ pub fn credentials_secret(
     } = creds;
     let host = &endpoint.host;
     let scheme = if endpoint.tls { "amqps" } else { "amqp" };
+    let auth = userinfo(username, password);
     let mut data: BTreeMap<&str, String> = BTreeMap::from([
         (key::USERNAME, username.clone()),
         (key::PASSWORD, password.clone()),
@@ -194,28 +235,20 @@ pub fn credentials_secret(
         (key::PORT, endpoint.port.to_string()),
         (
             key::URI,
-            format!(
-                "{scheme}://{username}:{password}@{host}:{}/%2f",
-                endpoint.port
-            ),
+            format!("{scheme}://{auth}@{host}:{}/%2f", endpoint.port),
         ),
         (
             key::MANAGEMENT_URI,
-            format!(
-                "http://{username}:{password}@{host}:{}",
-                endpoint.management_port
-            ),
+            format!("http://{auth}@{host}:{}", endpoint.management_port),
         ),
     ]);
     if let Some(cookie) = erlang_cookie {
         data.insert(key::ERLANG_COOKIE, cookie.clone());
-        data.insert(
-            key::DEFAULT_USER_CONF,
-            format!("default_user = {username}\ndefault_pass = {password}\n"),
-        );
+        data.insert(key::ADVANCED_CONFIG, advanced_config(username, password));
     }
     Secret {
-        metadata: object_meta(sm, &Names::of(sm).secret),
+        // Kept with a retained volume: a database whose user's password is lost is useless.
+        metadata: retained_object_meta(sm, &Names::of(sm).secret),
         type_: Some("Opaque".into()),
         data: Some(
             data.into_iter()
@@ -294,8 +327,9 @@ mod tests {
             value(&secret, "erlang-cookie"),
             c.erlang_cookie.clone().unwrap()
         );
-        assert!(
-            value(&secret, "default_user.conf").contains(&format!("default_pass = {}", c.password))
+        assert_eq!(
+            value(&secret, "advanced.config"),
+            advanced_config(&c.username, &c.password)
         );
     }
 
@@ -331,6 +365,51 @@ mod tests {
         assert_eq!(value(&secret, "host"), "rabbit.example.com");
         assert!(value(&secret, "uri").starts_with("amqps://"));
         assert!(secret_value(&secret, "erlang-cookie").is_none());
-        assert!(secret_value(&secret, "default_user.conf").is_none());
+        assert!(secret_value(&secret, "advanced.config").is_none());
+    }
+
+    /// A password with every character that has a meaning in a URI or in `rabbitmq.conf`.
+    const AWKWARD: &str = "p@ss:w/rd#1?x=%41&é ~";
+
+    #[test]
+    fn awkward_credentials_survive_the_uris_decoded_part_for_part() {
+        let sm = SwappoMessaging::test();
+        let c = Credentials {
+            username: "ops:team@x/y".into(),
+            password: AWKWARD.into(),
+            erlang_cookie: Some("C".into()),
+        };
+        let secret = credentials_secret(&sm, &c, &Endpoint::of(&sm));
+        for (k, scheme, port) in [("uri", "amqp", 5672), ("management-uri", "http", 15672)] {
+            let uri = url::Url::parse(&value(&secret, k)).unwrap();
+            assert_eq!(uri.scheme(), scheme);
+            assert_eq!(uri.host_str(), Some("test-rabbitmq.test-ns.svc"), "{k}");
+            assert_eq!(uri.port(), Some(port), "{k}");
+            let decode = |s: &str| -> String {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            };
+            assert_eq!(decode(uri.username()), c.username, "{k}");
+            assert_eq!(decode(uri.password().unwrap()), c.password, "{k}");
+            assert!(uri.fragment().is_none() && uri.query().is_none(), "{k}");
+        }
+        assert_eq!(
+            url::Url::parse(&value(&secret, "uri")).unwrap().path(),
+            "/%2f"
+        );
+    }
+
+    #[test]
+    fn the_default_user_config_carries_any_byte_without_escaping() {
+        let conf = advanced_config("a\"b", AWKWARD);
+        let term_line = conf.lines().nth(1).unwrap();
+        assert!(term_line.starts_with("[{rabbit, [{default_user, <<97,34,98>>}"));
+        let bytes: Vec<String> = AWKWARD.bytes().map(|b| b.to_string()).collect();
+        assert!(term_line.contains(&format!("{{default_pass, <<{}>>}}", bytes.join(","))));
+        // Nothing of the password appears as text: no quote or `#` can cut it short.
+        assert!(!conf.contains("p@ss") && !conf.contains('#'));
+        assert!(term_line.ends_with("]}]."));
     }
 }

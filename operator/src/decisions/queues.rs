@@ -5,8 +5,10 @@ use swappo_messaging::topology::TopologyError;
 /// Each queue's declaration outcome, in spec order, or why no connection was made.
 pub type Declared = Result<Vec<(String, Result<(), TopologyError>)>, String>;
 
-/// The `QueuesReady` verdict from the declaration outcomes (or the connection failure).
-pub fn queues_verdict(outcome: &Declared) -> Verdict {
+/// The `QueuesReady` verdict from the declaration outcomes (or the connection failure);
+/// `legacy` names the queues declared as the original services do, which the verdict says
+/// (reason `LegacyQueue`) since the broker dead-letters nothing from them.
+pub fn queues_verdict(outcome: &Declared, legacy: &[&str]) -> Verdict {
     let results = match outcome {
         Err(e) => {
             return Verdict {
@@ -47,6 +49,18 @@ pub fn queues_verdict(outcome: &Declared) -> Verdict {
             message: failed.join("; "),
         };
     }
+    if !legacy.is_empty() {
+        return Verdict {
+            ok: true,
+            reason: "LegacyQueue",
+            message: format!(
+                "{} queues declared as specified; legacy (classic, no arguments: no \
+                 broker-side dead-lettering): {}",
+                results.len(),
+                legacy.join(", ")
+            ),
+        };
+    }
     Verdict {
         ok: true,
         reason: "QueuesDeclared",
@@ -72,14 +86,45 @@ mod tests {
                 }),
             ),
         ]);
-        let v = queues_verdict(&outcome);
+        let v = queues_verdict(&outcome, &[]);
         assert!(!v.ok);
         assert_eq!(v.reason, "QueueArgumentConflict");
         assert!(v.message.contains("queue orders"), "{}", v.message);
         assert!(v.message.contains("x-queue-type"), "{}", v.message);
         assert!(!v.message.contains("queue ok"), "{}", v.message);
-        let all_ok = queues_verdict(&Ok(vec![("ok".to_owned(), Ok(()))]));
+        let all_ok = queues_verdict(&Ok(vec![("ok".to_owned(), Ok(()))]), &[]);
         assert!(all_ok.ok);
-        assert!(!queues_verdict(&Err("refused".into())).ok);
+        assert_eq!(all_ok.reason, "QueuesDeclared");
+        assert!(!queues_verdict(&Err("refused".into()), &[]).ok);
+    }
+
+    #[test]
+    fn a_legacy_queue_is_ready_with_a_reason_saying_nothing_is_dead_lettered() {
+        let outcome = Ok(vec![
+            ("new".to_owned(), Ok(())),
+            ("notifications".to_owned(), Ok(())),
+        ]);
+        let v = queues_verdict(&outcome, &["notifications"]);
+        assert!(v.ok);
+        assert_eq!(v.reason, "LegacyQueue");
+        assert!(
+            v.message
+                .contains("classic, no arguments: no broker-side dead-lettering"),
+            "{}",
+            v.message
+        );
+        assert!(v.message.contains("notifications") && !v.message.contains("new,"));
+        // A failure elsewhere still wins over the legacy note.
+        let failed = Ok(vec![(
+            "notifications".to_owned(),
+            Err(TopologyError::InvalidSpec {
+                queue: "notifications".into(),
+                reason: "no answer within 5s".into(),
+            }),
+        )]);
+        assert_eq!(
+            queues_verdict(&failed, &["notifications"]).reason,
+            "DeclareFailed"
+        );
     }
 }
