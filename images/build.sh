@@ -6,7 +6,9 @@
 #
 # Usage: images/build.sh [--import] [SET|IMAGE...]
 #   sets:   node  pause, coredns, debian (what cluster-up needs)       [default: all]
-#           all   node + rabbitmq + the operator and both services (release binaries)
+#           app   the operator and both services (release binaries; `make test` with
+#                 SWAPPO_APP_IMAGES=1)
+#           all   node + rabbitmq + app
 #   --import  also import into the running node's containerd whatever it lacks or holds stale
 #   --import-if-up  the same when the node's containerd runs, else only build
 #
@@ -49,6 +51,7 @@ declare -A IMAGE_REF=(
   [notifications]=swappo.local/swappo-notifications:dev
 )
 NODE_SET=(pause coredns debian)
+APP_SET=(operator matchmaking notifications)
 ALL_SET=(pause coredns debian rabbitmq operator matchmaking notifications)
 
 key_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
@@ -189,6 +192,7 @@ main() {
       --import) do_import=1 ;;
       --import-if-up) if containerd_answers >/dev/null 2>&1; then do_import=1; fi ;;
       node) images+=("${NODE_SET[@]}") ;;
+      app) images+=("${APP_SET[@]}") ;;
       all) images+=("${ALL_SET[@]}") ;;
       *) images+=("$a") ;;
     esac
