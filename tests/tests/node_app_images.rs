@@ -39,20 +39,26 @@ fn app_images_required() -> bool {
 }
 
 /// An admin client when the real node is Ready and holds `image`; `None` (skipped, saying
-/// why) otherwise.
+/// why) otherwise. When the images are required, a missing one is waited for within the guard:
+/// the kubelet reports a freshly imported image with its next node status (about 10 s).
 async fn node_with(image: &str) -> Option<Client> {
     let client = real_node_client().await?;
-    let present = node_has_image(&client, image)
-        .await
-        .expect("the node's status is readable");
-    if present {
+    let present = || async {
+        node_has_image(&client, image)
+            .await
+            .expect("the node's status is readable")
+            .then_some(())
+    };
+    if present().await.is_some() {
         return Some(client);
     }
     let why = format!("the node has no image {image} (run `make images`)");
-    assert!(
-        !app_images_required(),
-        "SWAPPO_REQUIRE_APP_IMAGES is set but {why}"
-    );
+    if app_images_required() {
+        eventually(&format!("{image} on the node"), GUARD, present)
+            .await
+            .unwrap_or_else(|e| panic!("SWAPPO_REQUIRE_APP_IMAGES is set but {why}: {e}"));
+        return Some(client);
+    }
     eprintln!("skipped: {why}; SWAPPO_REQUIRE_APP_IMAGES=1 fails instead");
     None
 }
