@@ -69,9 +69,15 @@ images: ## Build every OCI image from Debian packages and release binaries (no D
 	bash images/build.sh --import-if-up all
 
 .PHONY: test
+# SWAPPO_APP_IMAGES=1: `make test` also builds (cached) and imports the operator's and the
+# services' images and their node tests must run; their release build costs minutes cold, so it
+# is opt-in (README, "The real node").
+SWAPPO_APP_IMAGES ?= 0
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check)
+	if [ "$(SWAPPO_APP_IMAGES)" != 0 ]; then bash images/build.sh --import-if-up app; fi
 	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 SWAPPO_REQUIRE_TOOLS=1 \
-	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
+	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} SWAPPO_REQUIRE_APP_IMAGES=$(SWAPPO_APP_IMAGES) \
+	  cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
 	$(MAKE) --no-print-directory demo-check
 
 .PHONY: bench-consumer

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# app-base.sh ROOTFS: mmdebstrap's customize hook for the services' run base (images/build.sh):
-# the users and files distroless/cc-debian12 has, so the binaries run as its `nonroot` (65532).
+# app-base.sh ROOTFS: mmdebstrap's extract hook for the services' run base (images/build.sh; the
+# extract variant runs no customize or essential hook): the users and files
+# distroless/cc-debian12 has, so the binaries run as its `nonroot` (65532).
 set -euo pipefail
 r="$1"
 mkdir -p "$r/etc" "$r/tmp" "$r/home/nonroot"

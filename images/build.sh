@@ -6,7 +6,9 @@
 #
 # Usage: images/build.sh [--import] [SET|IMAGE...]
 #   sets:   node  pause, coredns, debian (what cluster-up needs)       [default: all]
-#           all   node + rabbitmq + the operator and both services (release binaries)
+#           app   the operator and both services (release binaries; `make test` with
+#                 SWAPPO_APP_IMAGES=1)
+#           all   node + rabbitmq + app
 #   --import  also import into the running node's containerd whatever it lacks or holds stale
 #   --import-if-up  the same when the node's containerd runs, else only build
 #
@@ -29,6 +31,8 @@ source "$root/scripts/cluster-lib.sh"
 umask 022
 
 OUT="$SWAPPO_CACHE/images"
+# The release binaries of the app images: the Makefile's target dir (outside the repo).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SWAPPO_CACHE/cargo-target}"
 SUITE=bookworm
 # Debian's mirrors exactly as this machine's apt uses them.
 APT_SOURCES="${SWAPPO_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}"
@@ -47,6 +51,7 @@ declare -A IMAGE_REF=(
   [notifications]=swappo.local/swappo-notifications:dev
 )
 NODE_SET=(pause coredns debian)
+APP_SET=(operator matchmaking notifications)
 ALL_SET=(pause coredns debian rabbitmq operator matchmaking notifications)
 
 key_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
@@ -63,12 +68,16 @@ finish() {
   echo "$key" >"$OUT/$img.key"
 }
 
-# binary_layer OUT.tar PATH-IN-IMAGE FILE: one root-owned executable.
+# binary_layer OUT.tar PATH-IN-IMAGE FILE [PATH-IN-IMAGE FILE]...: root-owned executables.
 binary_layer() {
-  local stage
+  local stage out="$1"
   stage="$(mktemp -d)"
-  install -D -m 0755 "$3" "$stage$2"
-  tar -C "$stage" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$1" .
+  shift
+  while [ "$#" -ge 2 ]; do
+    install -D -m 0755 "$2" "$stage$1"
+    shift 2
+  done
+  tar -C "$stage" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$out" .
   rm -rf "$stage"
 }
 
@@ -131,22 +140,26 @@ build_app_base() {
   if [ -s "$OUT/app-base-layer.tar" ] && [ "$(cat "$OUT/app-base-layer.key" 2>/dev/null)" = "$key" ]; then return 0; fi
   debian_layer "$OUT/app-base-layer.tar.tmp" --variant=extract \
     --include=base-files,libc6,libgcc-s1,ca-certificates,tzdata,netbase \
-    --customize-hook="bash '$here/app-base.sh' \"\$1\""
+    --extract-hook="bash '$here/app-base.sh' \"\$1\""
   mv "$OUT/app-base-layer.tar.tmp" "$OUT/app-base-layer.tar"
   echo "$key" >"$OUT/app-base-layer.key"
 }
 
-# build_app IMAGE PACKAGE: the crate's release binary on the app base; config from its
-# Dockerfile's run stage (images/<image>.json, compared with the Dockerfile by
-# tests/tests/node_images.rs).
+# build_app IMAGE PACKAGE [BIN...]: the crate's release binary (and the extra BINs its Dockerfile
+# ships, e.g. the one-off import) on the app base; config from its Dockerfile's run stage
+# (images/<image>.json, compared with the Dockerfile by tests/tests/node_images.rs). Stripped
+# like the Dockerfiles' builds (CARGO_PROFILE_RELEASE_STRIP=symbols); cargo itself decides
+# whether anything needs compiling, the image is re-made only when a binary's content changed.
 build_app() {
-  local img="$1" pkg="$2" bin key
-  bin="$CARGO_TARGET_DIR/release/$pkg"
-  (cd "$root" && cargo build -q --release --locked -p "$pkg" --bin "$pkg")
+  local img="$1" pkg="$2" bins=("$2" "${@:3}") key b args=() files=()
+  for b in "${bins[@]}"; do args+=(--bin "$b"); done
+  (cd "$root" && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build -q --release --locked -p "$pkg" "${args[@]}") ||
+    die "cargo build --release -p $pkg failed"
   build_app_base
-  key="$(key_of "$bin" "$here/$img.json" "$OUT/app-base-layer.key")"
+  key="$(key_of "${bins[@]/#/$CARGO_TARGET_DIR/release/}" "$here/$img.json" "$OUT/app-base-layer.key")"
   fresh "$img" "$key" && return 0
-  binary_layer "$W/$img-layer.tar" "/usr/local/bin/$pkg" "$bin"
+  for b in "${bins[@]}"; do files+=("/usr/local/bin/$b" "$CARGO_TARGET_DIR/release/$b"); done
+  binary_layer "$W/$img-layer.tar" "${files[@]}"
   finish "$img" "$key" "$here/$img.json" "$OUT/app-base-layer.tar" "$W/$img-layer.tar"
 }
 
@@ -154,8 +167,8 @@ build() {
   case "$1" in
     pause | coredns | debian | rabbitmq) "build_$1" ;;
     operator) build_app operator swappo-operator ;;
-    matchmaking) build_app matchmaking swappo-matchmaking ;;
-    notifications) build_app notifications swappo-notifications ;;
+    matchmaking) build_app matchmaking swappo-matchmaking swappo-matchmaking-import ;;
+    notifications) build_app notifications swappo-notifications swappo-notifications-import ;;
     *) die "unknown image $1 (images: ${ALL_SET[*]})" ;;
   esac
 }
@@ -179,6 +192,7 @@ main() {
       --import) do_import=1 ;;
       --import-if-up) if containerd_answers >/dev/null 2>&1; then do_import=1; fi ;;
       node) images+=("${NODE_SET[@]}") ;;
+      app) images+=("${APP_SET[@]}") ;;
       all) images+=("${ALL_SET[@]}") ;;
       *) images+=("$a") ;;
     esac

@@ -5,9 +5,12 @@
 //!
 //! The node is tainted [`NODE_TAINT`] so that pods of the other tests (images that cannot be
 //! pulled here) stay on kwok's node; a pod meant for the real node takes [`placement`].
-use crate::kube::{KubeError, kube_config, local_kubeconfig_path};
-use k8s_openapi::api::core::v1::Node;
+use crate::kube::{KubeError, TestNamespace, kube_config, local_kubeconfig_path, wait_for};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::PostParams;
 use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +25,10 @@ pub const DEBIAN_IMAGE: &str = "swappo.local/debian:bookworm";
 pub const STORAGE_CLASS: &str = "swappo-local-path";
 /// The node's pod bridge (its address is the node IP and the API server's).
 pub const NODE_BRIDGE: &str = "swappo0";
+/// The bridge's address on the host (scripts/node-lib.sh's NODE_IP): the one host address pods
+/// reach. A test server listening there (e.g. an [`crate::OutageProxy::start_on`] in front of
+/// the loopback-only shared broker or database) is reachable from pods.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 246, 0, 1);
 
 /// How long [`real_node_client`] waits for the API server's answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,4 +130,92 @@ pub async fn kubectl(args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Whether the real node's containerd holds `image` (the names the kubelet reports in the
+/// node's status): a locally built image is never pulled, so a pod of a missing one cannot run.
+pub async fn node_has_image(client: &Client, image: &str) -> Result<bool, kube::Error> {
+    let node = Api::<Node>::all(client.clone()).get(NODE_NAME).await?;
+    Ok(node
+        .status
+        .and_then(|s| s.images)
+        .into_iter()
+        .flatten()
+        .any(|i| i.names.unwrap_or_default().iter().any(|n| n == image)))
+}
+
+/// Shallow merge of `extra`'s keys into `into` (both JSON objects).
+pub fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
+}
+
+/// The pod's Ready condition is True.
+pub fn pod_ready(pod: Option<&Pod>) -> bool {
+    pod.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Creates the pod and waits (at most `guard`) until it is Ready; returns it as last seen (its
+/// node, its IP). Panics with what kubectl knows of it otherwise.
+pub async fn run_ready(ns: &TestNamespace, guard: Duration, pod: &Pod) -> Pod {
+    let pods: Api<Pod> = ns.api();
+    let name = pod.metadata.name.clone().expect("a named pod");
+    pods.create(&PostParams::default(), pod)
+        .await
+        .expect("pod created");
+    let what = format!("pod {}/{name} Ready", ns.name());
+    match wait_for(&pods, &name, &what, guard, pod_ready).await {
+        Ok(Some(pod)) => pod,
+        other => panic!("{what}: {other:?}; {}", describe(ns, &name).await),
+    }
+}
+
+/// What kubectl knows of a pod and its log: the failure message of a test that waited on it.
+pub async fn describe(ns: &TestNamespace, name: &str) -> String {
+    let d = kubectl(&["-n", ns.name(), "describe", "pod", name]).await;
+    let l = kubectl(&["-n", ns.name(), "logs", name, "--all-containers"]).await;
+    format!("describe: {d:?}\nlogs: {l:?}")
+}
+
+/// Runs `command` in the pod's first container (`kubectl exec`); its stdout.
+pub async fn exec(ns: &TestNamespace, pod: &str, command: &[&str]) -> Result<String, String> {
+    let mut args = vec!["-n", ns.name(), "exec", pod, "--"];
+    args.extend_from_slice(command);
+    kubectl(&args).await
+}
+
+/// A pod on the real node from the test bed's Debian image, running `script` with `sh -c` as an
+/// unprivileged user under the restricted Pod Security profile; `extra` is merged into the
+/// pod spec (volumes, probes go in `container`).
+pub fn debian_pod(name: &str, labels: Value, script: &str, container: Value, extra: Value) -> Pod {
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [],
+    });
+    let mut main = json!({
+        "name": "main",
+        "image": DEBIAN_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script],
+        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    });
+    merge(&mut main, container);
+    spec["containers"] = json!([main]);
+    merge(&mut spec, placement());
+    merge(&mut spec, extra);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec,
+    }))
+    .expect("a valid pod")
 }

@@ -1,7 +1,8 @@
 //! A TCP proxy on loopback that a test can cut, restore and hold: a network outage (or a
 //! server that stops answering) between one client and the shared broker (or database),
-//! without touching the shared server.
-use std::net::SocketAddr;
+//! without touching the shared server. [`OutageProxy::start_on`] listens on another local
+//! address instead: the real node's bridge, so pods reach the loopback-only shared servers.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,9 +59,15 @@ async fn pump(
 impl OutageProxy {
     /// Starts forwarding 127.0.0.1:<free port> to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(Ipv4Addr::LOCALHOST.into(), upstream).await
+    }
+
+    /// Starts forwarding `listen`:<free port> to `upstream`; `listen` must be an address of
+    /// this machine (loopback, or the real node's bridge for pods to connect to).
+    pub async fn start_on(listen: IpAddr, upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((listen, 0))
             .await
-            .expect("bind a loopback port");
+            .unwrap_or_else(|e| panic!("bind a port on {listen}: {e}"));
         let addr = listener.local_addr().expect("a bound address");
         let up = Arc::new(watch::Sender::new(Link { up: true, cuts: 0 }));
         let held = Arc::new(watch::Sender::new(false));
@@ -106,6 +113,12 @@ impl OutageProxy {
     /// Starts a proxy for the host and port of `url` (`amqp://u:p@host:port/vhost`) and
     /// returns it with the same URL rewritten to go through it.
     pub async fn for_url(url: &str) -> (Self, String) {
+        Self::for_url_on(Ipv4Addr::LOCALHOST.into(), url).await
+    }
+
+    /// [`OutageProxy::for_url`] listening on `listen` (see [`OutageProxy::start_on`]); the
+    /// URL returned names `listen`.
+    pub async fn for_url_on(listen: IpAddr, url: &str) -> (Self, String) {
         let mut parsed = reqwest::Url::parse(url).expect("a URL");
         let host = parsed.host_str().expect("a host").to_string();
         let port = parsed.port_or_known_default().unwrap_or(5672);
@@ -114,9 +127,9 @@ impl OutageProxy {
             .expect("the host resolves")
             .next()
             .expect("an address");
-        let proxy = Self::start(upstream).await;
+        let proxy = Self::start_on(listen, upstream).await;
         parsed
-            .set_host(Some("127.0.0.1"))
+            .set_host(Some(&listen.to_string()))
             .expect("a host can be set");
         parsed
             .set_port(Some(proxy.addr.port()))

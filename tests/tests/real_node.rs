@@ -11,10 +11,11 @@
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use swappo_testkit::node::{
-    DEBIAN_IMAGE, NODE_BRIDGE, NODE_NAME, STORAGE_CLASS, kubectl, placement, real_node_client,
+    NODE_BRIDGE, NODE_NAME, STORAGE_CLASS, debian_pod, describe, exec, kubectl, real_node_client,
+    run_ready,
 };
 use swappo_testkit::{TestNamespace, eventually, wait_for};
 
@@ -22,69 +23,9 @@ use swappo_testkit::{TestNamespace, eventually, wait_for};
 /// starts in a second or two), so only a stuck node trips it.
 const GUARD: Duration = Duration::from_secs(120);
 
-/// A pod on the real node from the test bed's Debian image, running `script` with `sh -c` as an
-/// unprivileged user under the restricted Pod Security profile; `extra` is merged into the
-/// pod spec (volumes, probes go in `container`).
-fn debian_pod(name: &str, labels: Value, script: &str, container: Value, extra: Value) -> Pod {
-    let mut spec = json!({
-        "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": 1,
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [],
-    });
-    let mut main = json!({
-        "name": "main",
-        "image": DEBIAN_IMAGE,
-        "imagePullPolicy": "Never",
-        "command": ["sh", "-c", script],
-        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-    });
-    merge(&mut main, container);
-    spec["containers"] = json!([main]);
-    merge(&mut spec, placement());
-    merge(&mut spec, extra);
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": spec,
-    }))
-    .expect("a valid pod")
-}
-
-/// Shallow merge of `extra`'s keys into `into` (both JSON objects).
-fn merge(into: &mut Value, extra: Value) {
-    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
-        into.extend(extra);
-    }
-}
-
-fn ready(pod: Option<&Pod>) -> bool {
-    pod.and_then(|p| p.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn phase(pod: Option<&Pod>) -> Option<String> {
     pod.and_then(|p| p.status.as_ref())
         .and_then(|s| s.phase.clone())
-}
-
-/// Creates the pod and waits until it is Ready; returns it as last seen (its node, its IP).
-async fn run_ready(ns: &TestNamespace, pod: &Pod) -> Pod {
-    let pods: Api<Pod> = ns.api();
-    let name = pod.metadata.name.clone().expect("a named pod");
-    pods.create(&PostParams::default(), pod)
-        .await
-        .expect("pod created");
-    let what = format!("pod {}/{name} Ready", ns.name());
-    match wait_for(&pods, &name, &what, GUARD, ready).await {
-        Ok(Some(pod)) => pod,
-        other => panic!("{what}: {other:?}; {}", describe(ns, &name).await),
-    }
 }
 
 /// Creates the pod and waits until it has run to completion; panics with its state if it failed.
@@ -106,19 +47,6 @@ async fn run_to_completion(ns: &TestNamespace, pod: &Pod) {
     );
 }
 
-/// What kubectl knows of a pod and its log: the failure message of a test that waited on it.
-async fn describe(ns: &TestNamespace, name: &str) -> String {
-    let d = kubectl(&["-n", ns.name(), "describe", "pod", name]).await;
-    let l = kubectl(&["-n", ns.name(), "logs", name, "--all-containers"]).await;
-    format!("describe: {d:?}\nlogs: {l:?}")
-}
-
-async fn exec(ns: &TestNamespace, pod: &str, command: &[&str]) -> Result<String, String> {
-    let mut args = vec!["-n", ns.name(), "exec", pod, "--"];
-    args.extend_from_slice(command);
-    kubectl(&args).await
-}
-
 #[tokio::test]
 async fn a_pod_from_a_locally_built_image_runs_logs_execs_and_is_ready_by_its_probe() {
     let Some(_client) = real_node_client().await else {
@@ -136,7 +64,7 @@ async fn a_pod_from_a_locally_built_image_runs_logs_execs_and_is_ready_by_its_pr
         }}),
         json!({}),
     );
-    let pod = run_ready(&ns, &pod).await;
+    let pod = run_ready(&ns, GUARD, &pod).await;
 
     let spec = pod.spec.as_ref().expect("a spec");
     assert_eq!(spec.node_name.as_deref(), Some(NODE_NAME));
@@ -201,8 +129,8 @@ async fn a_pod_reaches_another_pod_through_its_service_by_cluster_dns_name() {
         json!({}),
         json!({}),
     );
-    run_ready(&ns, &server).await;
-    run_ready(&ns, &client_pod).await;
+    run_ready(&ns, GUARD, &server).await;
+    run_ready(&ns, GUARD, &client_pod).await;
 
     // Cluster DNS answers for the API server's Service and this namespace's Service.
     let api = exec(
@@ -268,7 +196,7 @@ async fn a_pod_has_no_default_route_and_the_host_fence_drops_anything_leaving_th
     };
     let ns = TestNamespace::new("node-fence-").await;
     let pod = debian_pod("probe", json!({}), "exec sleep 3600", json!({}), json!({}));
-    run_ready(&ns, &pod).await;
+    run_ready(&ns, GUARD, &pod).await;
 
     // Read from the kernel's routing table: nothing is sent anywhere.
     let table = exec(&ns, "probe", &["cat", "/proc/net/route"])
