@@ -276,18 +276,21 @@ async fn a_backlog_scales_the_consumer_up_at_once_and_down_only_after_the_delay(
         drained_at.elapsed()
     );
 
-    let events = ns
-        .api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let reasons: Vec<&str> = events
-        .items
-        .iter()
-        .filter_map(|e| e.reason.as_deref())
-        .collect();
-    assert!(reasons.contains(&"ScaledUp"), "{reasons:?}");
-    assert!(reasons.contains(&"ScaledDown"), "{reasons:?}");
+    // The operator records the Event after its scale patch, so the 1 replica above can be
+    // read before the Event exists: wait for it rather than list once.
+    let reasons = eventually("ScaledUp and ScaledDown Events", WAIT, || async {
+        let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = events
+            .items
+            .iter()
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        (reasons.iter().any(|r| r == "ScaledUp") && reasons.iter().any(|r| r == "ScaledDown"))
+            .then_some(reasons)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("events: {reasons:?}");
     let status = ns
         .api::<SwappoMessaging>()
         .get("dev")

@@ -412,24 +412,28 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
     let brokerready = ready_condition(&ns, "BrokerReady").await;
     assert_eq!(brokerready.reason, "BrokerAvailable");
 
-    // Events tell the story: objects created, broker down then up.
-    let events: Vec<Event> = ns
-        .api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let reasons: Vec<String> = events
-        .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str()))
-        .filter_map(|e| e.reason.clone())
-        .collect();
-    for r in ["Created", "AuthenticationFailed", "BrokerReady"] {
-        assert!(
-            reasons.iter().any(|x| x == r),
-            "no {r} Event in {reasons:?}"
-        );
-    }
+    // Events tell the story: objects created, broker down then up. The operator publishes a
+    // transition's Event after writing the status, so wait for them rather than list once.
+    let uid = uid.as_str();
+    eventually(
+        "Created, AuthenticationFailed and BrokerReady Events",
+        WAIT,
+        || async {
+            let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
+            let reasons: Vec<String> = events
+                .items
+                .iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            ["Created", "AuthenticationFailed", "BrokerReady"]
+                .iter()
+                .all(|r| reasons.iter().any(|x| x == r))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     operator.stop().await;
 }
 
