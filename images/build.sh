@@ -145,16 +145,13 @@ build_app_base() {
   echo "$key" >"$OUT/app-base-layer.key"
 }
 
-# build_app IMAGE PACKAGE [BIN...]: the crate's release binary (and the extra BINs its Dockerfile
-# ships, e.g. the one-off import) on the app base; config from its Dockerfile's run stage
-# (images/<image>.json, compared with the Dockerfile by tests/tests/node_images.rs). Stripped
-# like the Dockerfiles' builds (CARGO_PROFILE_RELEASE_STRIP=symbols); cargo itself decides
-# whether anything needs compiling, the image is re-made only when a binary's content changed.
+# build_app IMAGE BIN...: the image's release binaries (its main binary and the extra ones its
+# Dockerfile ships, e.g. the one-off import), built beforehand by build_app_binaries, on the app
+# base; config from its Dockerfile's run stage (images/<image>.json, compared with the Dockerfile
+# by tests/tests/node_images.rs). Stripped like the Dockerfiles' builds
+# (CARGO_PROFILE_RELEASE_STRIP=symbols); the image is re-made only when a binary's content changed.
 build_app() {
-  local img="$1" pkg="$2" bins=("$2" "${@:3}") key b args=() files=()
-  for b in "${bins[@]}"; do args+=(--bin "$b"); done
-  (cd "$root" && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build -q --release --locked -p "$pkg" "${args[@]}") ||
-    die "cargo build --release -p $pkg failed"
+  local img="$1" bins=("$2" "${@:3}") key b files=()
   build_app_base
   key="$(key_of "${bins[@]/#/$CARGO_TARGET_DIR/release/}" "$here/$img.json" "$OUT/app-base-layer.key")"
   fresh "$img" "$key" && return 0
@@ -163,12 +160,37 @@ build_app() {
   finish "$img" "$key" "$here/$img.json" "$OUT/app-base-layer.tar" "$W/$img-layer.tar"
 }
 
+# APP_BINARIES[IMAGE]: "PACKAGE BIN..." of each app image (the package's main binary first).
+declare -A APP_BINARIES=(
+  [operator]="swappo-operator swappo-operator"
+  [matchmaking]="swappo-matchmaking swappo-matchmaking swappo-matchmaking-import"
+  [notifications]="swappo-notifications swappo-notifications swappo-notifications-import"
+)
+
+# build_app_binaries IMAGE...: the release binaries of the given app images in ONE cargo call, so
+# the dependencies they share are compiled once with one unified feature set (one call per
+# package would resolve features per package and compile the shared crates up to three times).
+build_app_binaries() {
+  local img args=() words
+  for img in "$@"; do
+    [ -n "${APP_BINARIES[$img]:-}" ] || continue
+    read -ra words <<<"${APP_BINARIES[$img]}"
+    args+=(-p "${words[0]}")
+    for b in "${words[@]:1}"; do args+=(--bin "$b"); done
+  done
+  [ "${#args[@]}" -gt 0 ] || return 0
+  (cd "$root" && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build -q --release --locked "${args[@]}") ||
+    die "cargo build --release ${args[*]} failed"
+}
+
 build() {
   case "$1" in
     pause | coredns | debian | rabbitmq) "build_$1" ;;
-    operator) build_app operator swappo-operator ;;
-    matchmaking) build_app matchmaking swappo-matchmaking swappo-matchmaking-import ;;
-    notifications) build_app notifications swappo-notifications swappo-notifications-import ;;
+    operator | matchmaking | notifications)
+      local words
+      read -ra words <<<"${APP_BINARIES[$1]}"
+      build_app "$1" "${words[@]:1}"
+      ;;
     *) die "unknown image $1 (images: ${ALL_SET[*]})" ;;
   esac
 }
@@ -202,6 +224,7 @@ main() {
   W="$(mktemp -d)"
   trap 'rm -rf "$W"' EXIT
   local img start
+  build_app_binaries "${images[@]}"
   for img in "${images[@]}"; do
     start=$(date +%s)
     if ! build "$img"; then die "building image $img failed"; fi
