@@ -73,12 +73,14 @@ images: ## Build every OCI image from Debian packages and release binaries (no D
 # services' images and their node tests must run; their release build costs minutes cold, so it
 # is opt-in (README, "The real node").
 SWAPPO_APP_IMAGES ?= 0
-test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check)
+test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check), then the node teardown check
 	if [ "$(SWAPPO_APP_IMAGES)" != 0 ]; then bash images/build.sh --import-if-up app; fi
 	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 SWAPPO_REQUIRE_TOOLS=1 \
 	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} SWAPPO_REQUIRE_APP_IMAGES=$(SWAPPO_APP_IMAGES) \
 	  cargo test --workspace --no-fail-fast $(CARGO_TEST_FLAGS)
 	$(MAKE) --no-print-directory demo-check
+	# Last, as it takes the cluster down (and brings it up again): cluster-down leaves nothing.
+	if [ "$${SWAPPO_NODE:-1}" != 0 ]; then $(MAKE) --no-print-directory node-teardown-check; fi
 
 .PHONY: bench-consumer
 bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the seed consumer -> bench/results/consumer.md
