@@ -100,6 +100,8 @@ pub fn local_broker_settings() -> Settings {
 /// The controller running in this test's runtime, watching one namespace.
 pub struct InProcess {
     pub metrics: Arc<Metrics>,
+    /// Its context (the caches, once its watches started).
+    pub ctx: Arc<Context>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -112,9 +114,11 @@ impl InProcess {
         let stop = CancellationToken::new();
         let ns = namespace.to_owned();
         let token = stop.clone();
+        let shared = ctx.clone();
         let task = tokio::spawn(async move { run_controller(ctx, Some(&ns), token).await });
         Self {
             metrics,
+            ctx: shared,
             stop,
             task,
         }
