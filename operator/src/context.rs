@@ -171,6 +171,10 @@ pub struct Context {
     /// `status.queuesDeclared` it wrote), so a recheck that runs before the watch brought
     /// that status back does not declare them again.
     pub(crate) queues_declared: Mutex<HashMap<ObjectRef<SwappoMessaging>, String>>,
+    /// The installed CRD predates `status.queuesDeclared` (the API server refused it: helm
+    /// does not upgrade CRDs): the status is written without it, and the in-process record
+    /// above is all there is.
+    pub(crate) crd_without_queues_declared: std::sync::atomic::AtomicBool,
     pub(crate) failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
     /// Cancelled when this replica lost the leader Lease: from then on nothing is written.
     lost_leadership: CancellationToken,
@@ -192,6 +196,7 @@ impl Context {
             amqp: Connections::default(),
             user_secrets: Mutex::default(),
             queues_declared: Mutex::default(),
+            crd_without_queues_declared: Default::default(),
             failures: Mutex::default(),
             lost_leadership: CancellationToken::new(),
         }

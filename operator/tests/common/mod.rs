@@ -109,6 +109,13 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the controller for `namespace`.
     pub fn start(client: &Client, namespace: &str, settings: Settings) -> Self {
+        // `SWAPPO_TEST_LOG=<filter>`: the controller's logs in the test output.
+        if let Ok(filter) = std::env::var("SWAPPO_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let metrics = Arc::new(Metrics::default());
         let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings));
         let stop = CancellationToken::new();
