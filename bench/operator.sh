@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench-operator`: the operator at scale on the local control plane: reconcile time,
-# resident memory and API traffic at rest with 1, 100 and 1000 SwappoMessaging objects
-# (BENCH_SCALES="1 100 1000", rest window BENCH_REST=130 s); results in bench/results/operator.md.
+# resident memory, AMQP connections and API traffic at rest with 1, 100 and 1000
+# SwappoMessaging objects (BENCH_SCALES="1 100 1000", rest window BENCH_REST=130 s), in two
+# cases (BENCH_CASES="queues consumers": the second adds a consumer Deployment and a backlog per
+# object, and the scale reaction while all poll); results in bench/results/operator.md.
 # The operator measured is the release build; the driver is operator/tests/bench_operator.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

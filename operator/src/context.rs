@@ -2,9 +2,12 @@
 //! recorder, the metrics and the watch caches. Its own module so that neither loop imports
 //! the other.
 use crate::broker::amqp::Target;
+use crate::broker::connections::{Connections, Shared};
 use crate::builders::MANAGER;
+use crate::builders::secret::Credentials;
 use crate::crd::SwappoMessaging;
 use crate::decisions::claims::Autoscaler;
+use crate::decisions::status::AmqpCheck;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -12,7 +15,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
 };
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -76,13 +79,24 @@ pub struct Caches {
     pub deployments: Store<Deployment>,
     /// Broker Services.
     pub services: Store<Service>,
-    /// Every ReplicaSet in the watched namespaces (the clean-up's first look).
+    /// The ReplicaSets carrying the operator's `managed-by` label (the brokers', and sets
+    /// left with an instance's labels): the clean-up's first look. Others' ReplicaSets are
+    /// not cached; a consumer Deployment's rollout state comes from [`Caches::workloads`].
     pub replica_sets: Store<ReplicaSet>,
+    /// Every Deployment in the watched namespaces, trimmed to what the autoscaler and the
+    /// clean-up read (no pod template, no conditions, no managed fields): the consumer
+    /// Deployments' replicas and rollout state, read without a GET per poll.
+    pub workloads: Store<Deployment>,
     /// HorizontalPodAutoscalers in the watched namespaces: a consumer Deployment one of them
     /// targets is not scaled by the autoscaler.
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// KEDA ScaledObjects, the same way (`None`: KEDA's CRD was not installed at start).
     pub scaled_objects: Option<Store<DynamicObject>>,
+    /// The name and resourceVersion of every Secret in the watched namespaces (a
+    /// metadata-only watch, nothing else kept): a user's `credentialsSecret` is read from the
+    /// API server only when its resourceVersion is not the one last read
+    /// ([`Context::user_secrets`]), and its changes trigger the resources naming it.
+    pub secret_versions: Store<PartialObjectMeta<Secret>>,
 }
 
 impl Caches {
@@ -148,6 +162,19 @@ pub struct Context {
     pub settings: Settings,
     /// The watch caches, once [`crate::controller::run_controller`] has started the watches.
     pub caches: OnceLock<Caches>,
+    /// One AMQP connection per broker, shared by the reconciler and the autoscaler.
+    pub amqp: Connections,
+    /// The users' `credentialsSecret`s as last read, by (namespace, name): used while the
+    /// watch shows the same resourceVersion ([`Caches::secret_versions`]).
+    pub user_secrets: Mutex<HashMap<(String, String), Arc<Secret>>>,
+    /// What each resource's queues were last declared for in this process (the
+    /// `status.queuesDeclared` it wrote), so a recheck that runs before the watch brought
+    /// that status back does not declare them again.
+    pub(crate) queues_declared: Mutex<HashMap<ObjectRef<SwappoMessaging>, String>>,
+    /// The installed CRD predates `status.queuesDeclared` (the API server refused it: helm
+    /// does not upgrade CRDs): the status is written without it, and the in-process record
+    /// above is all there is.
+    pub(crate) crd_without_queues_declared: std::sync::atomic::AtomicBool,
     pub(crate) failures: Mutex<HashMap<ObjectRef<SwappoMessaging>, u32>>,
     /// Cancelled when this replica lost the leader Lease: from then on nothing is written.
     lost_leadership: CancellationToken,
@@ -166,6 +193,10 @@ impl Context {
             metrics,
             settings,
             caches: OnceLock::new(),
+            amqp: Connections::default(),
+            user_secrets: Mutex::default(),
+            queues_declared: Mutex::default(),
+            crd_without_queues_declared: Default::default(),
             failures: Mutex::default(),
             lost_leadership: CancellationToken::new(),
         }
@@ -187,6 +218,20 @@ impl Context {
             ));
         }
         Ok(())
+    }
+
+    /// The kept AMQP connection to `target` as `creds` ([`Connections::get`]), opened when
+    /// there is none (counted in `amqp_connections_opened`).
+    pub async fn broker_connection(
+        &self,
+        target: &Target,
+        creds: &Credentials,
+    ) -> std::result::Result<Shared, AmqpCheck> {
+        self.amqp
+            .get(target, creds, self.settings.amqp_timeout, || {
+                self.metrics.amqp_connections_opened.inc();
+            })
+            .await
     }
 
     /// Publishes an Event on `sm`, with no related object.

@@ -284,7 +284,7 @@ fn default_true() -> bool {
 }
 
 /// Observed state. Two writers, each by server-side apply under its own field manager: the
-/// reconciler (swappo-operator: observedGeneration, broker, conditions Ready, BrokerReady,
+/// reconciler (swappo-operator: observedGeneration, broker, queuesDeclared, conditions Ready, BrokerReady,
 /// QueuesReady) and the autoscaler (swappo-operator-autoscaler: queues, consumers, depth,
 /// consumerReplicas, condition ConsumersScaled); the ReplicaSet clean-up counts
 /// replicaSetsCleaned.
@@ -317,6 +317,12 @@ pub struct SwappoMessagingStatus {
     /// Stale ReplicaSets removed so far.
     #[serde(default)]
     pub replica_sets_cleaned: u64,
+    /// What the queues were last declared for: a hash of `spec.queues` and of the broker
+    /// connection they were declared on. The queues are declared again only when it changes
+    /// (a spec change, or a new connection: the broker may have restarted), not at every
+    /// recheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues_declared: Option<String>,
 }
 
 /// Broker endpoint and credentials reference.

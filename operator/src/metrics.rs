@@ -46,6 +46,12 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Stale ReplicaSets deleted, by reason.
     pub replica_sets_cleaned: Family<CleanupLabels, Counter>,
+    /// AMQP connections opened (one per broker is kept: this grows only when one closed).
+    pub amqp_connections_opened: Counter,
+    /// Queue declarations sent to a broker (each `spec.queues` entry declared counts one).
+    pub queue_declarations: Counter,
+    /// Autoscaler passes over one resource (a poll of its queues and consumers).
+    pub autoscaler_passes: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +66,24 @@ impl Default for Metrics {
         let reads = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         let replica_sets_cleaned = Family::<CleanupLabels, Counter>::default();
+        let amqp_connections_opened = Counter::default();
+        let queue_declarations = Counter::default();
+        let autoscaler_passes = Counter::default();
+        registry.register(
+            "autoscaler_passes",
+            "Autoscaler passes over one resource",
+            autoscaler_passes.clone(),
+        );
+        registry.register(
+            "amqp_connections_opened",
+            "AMQP connections opened to brokers",
+            amqp_connections_opened.clone(),
+        );
+        registry.register(
+            "queue_declarations",
+            "Queues declared on brokers (one per spec.queues entry declared)",
+            queue_declarations.clone(),
+        );
         registry.register(
             "stale_replica_sets_deleted",
             "Stale ReplicaSets deleted, by reason",
@@ -100,6 +124,9 @@ impl Default for Metrics {
             reads,
             leader,
             replica_sets_cleaned,
+            amqp_connections_opened,
+            queue_declarations,
+            autoscaler_passes,
         }
     }
 }

@@ -14,6 +14,14 @@
 //! counter and, independently, the resourceVersions of every object in the namespace), the
 //! Events it published, its reconciles and CPU time, and the GET/LIST requests the API server
 //! counted on the kinds it reads. Writes `BENCH_OUT` (markdown).
+//!
+//! Two cases (`BENCH_CASES`, default `queues consumers`): `queues` as above; `consumers` adds
+//! to each resource one consumer Deployment (kwok runs its pods) and, once all are Ready, a
+//! backlog of 150 messages in its queue (the autoscaler scales each to 2 replicas); after the
+//! rest window, [`REACTION_SAMPLES`] queues get 300 more messages each while every resource
+//! keeps polling, and the seconds from the confirmed publish to the scale patch (seen by a
+//! watch) give the scale reaction p50/p95. Both cases report the AMQP connections the
+//! operator opened (its `amqp_connections_opened_total`).
 mod common;
 
 use common::*;
@@ -24,6 +32,8 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +50,12 @@ const PODS_PER_NODE: usize = 100;
 /// A guard against a run that never converges, not a timing assertion: the bench reports how
 /// far it got instead of hanging.
 const CONVERGE_GUARD: Duration = Duration::from_secs(1200);
+/// Messages put in each queue of the consumers case once all are Ready: 1.5 x
+/// messagesPerReplica (100), so each consumer is scaled from 1 to 2 replicas.
+const BACKLOG: u32 = 150;
+/// Queues that get 300 more messages (to 4.5 x messagesPerReplica: 5 replicas) to time the
+/// scale reaction while every resource polls.
+const REACTION_SAMPLES: usize = 20;
 /// Label on the volumes and nodes this benchmark adds (cluster-scoped: removed at the end).
 const BENCH_LABEL: &str = "swappo.dev/bench-operator";
 /// The kinds the operator reads, as the API server names them in `apiserver_request_total`.
@@ -58,6 +74,10 @@ const READ_KINDS: [&str; 8] = [
 #[derive(Debug, Default)]
 struct Figures {
     n: usize,
+    consumers: bool,
+    amqp_opened: f64,
+    reaction_p50_s: Option<f64>,
+    reaction_p95_s: Option<f64>,
     all_status_s: Option<f64>,
     all_ready_s: Option<f64>,
     reconciles_to_ready: f64,
@@ -352,6 +372,84 @@ async fn remove_namespace(client: &Client, ns: &str) {
     }
 }
 
+/// One consumer Deployment per resource (`<name>-worker`, 1 replica; kwok runs its pods).
+async fn add_workers(ns: &TestNamespace, names: &[String]) {
+    let api = ns.api::<Deployment>();
+    stream::iter(names.iter().cloned())
+        .map(|name| {
+            let api = api.clone();
+            let app = format!("{name}-worker");
+            let d: Deployment = serde_json::from_value(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": app},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": app}},
+                    "template": {"metadata": {"labels": {"app": app}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+                }
+            }))
+            .unwrap();
+            async move { api.create(&PostParams::default(), &d).await }
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("the consumer Deployments are created");
+}
+
+/// Publishes `count` messages to each of `queues` (default exchange), confirmed.
+async fn publish(queues: &[String], count: u32) {
+    let conn = Connection::connect(
+        &swappo_testkit::rabbitmq_url(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("the bench connects to the broker");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for q in queues {
+        let mut confirms = Vec::new();
+        for i in 0..count {
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    format!("backlog {i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            c.await.unwrap();
+        }
+    }
+    let _ = conn.close(200, "published".into()).await;
+}
+
+/// For each (Deployment, queue): 300 more messages, confirmed, then the seconds until a watch
+/// sees the Deployment scaled to 5 replicas. Samples are published one after another.
+async fn reaction_times(ns: &TestNamespace, samples: &[(String, String)]) -> Vec<f64> {
+    let deployments = ns.api::<Deployment>();
+    let mut out = Vec::new();
+    for (deployment, queue) in samples {
+        publish(std::slice::from_ref(queue), 300).await;
+        let t0 = Instant::now();
+        let scaled = kube::runtime::wait::await_condition(
+            deployments.clone(),
+            deployment,
+            |d: Option<&Deployment>| d.is_some_and(|d| d.spec.replicas == Some(5)),
+        );
+        match tokio::time::timeout(WAIT, scaled).await {
+            Ok(Ok(_)) => out.push(t0.elapsed().as_secs_f64()),
+            _ => eprintln!("warning: {deployment} not scaled to 5 within {WAIT:?}"),
+        }
+    }
+    out
+}
+
 fn is_ready(sm: &SwappoMessaging) -> bool {
     sm.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -361,17 +459,28 @@ fn is_ready(sm: &SwappoMessaging) -> bool {
 }
 
 /// Runs one scale and returns its figures.
-async fn measure(client: &Client, n: usize, rest: Duration) -> Figures {
+async fn measure(client: &Client, n: usize, rest: Duration, consumers: bool) -> Figures {
     let mut figures = Figures {
         n,
+        consumers,
         ..Figures::default()
     };
     let ns = TestNamespace::new("op-scale-").await;
     let names: Vec<String> = (0..n).map(|i| format!("sm-{i:04}")).collect();
     let queues: Vec<String> = (0..n).map(|i| format!("{}.q{i:04}", ns.name())).collect();
-    add_nodes(client, n.div_ceil(PODS_PER_NODE)).await;
+    // Broker pods, and with consumers up to 5 consumer pods per resource (the reaction
+    // samples) but 2 for most.
+    let pods = if consumers {
+        3 * n + 4 * REACTION_SAMPLES
+    } else {
+        n
+    };
+    add_nodes(client, pods.div_ceil(PODS_PER_NODE)).await;
     add_volumes(client, ns.name(), &names).await;
     login_secret(&ns).await;
+    if consumers {
+        add_workers(&ns, &names).await;
+    }
     let api = ns.api::<SwappoMessaging>();
     stream::iter(names.iter().zip(&queues))
         .map(|(name, queue)| {
@@ -379,6 +488,12 @@ async fn measure(client: &Client, n: usize, rest: Duration) -> Figures {
                 .with_credentials_secret("broker-login")
                 .with_queue(queue);
             sm.spec.queues[0].queue_type = QueueType::Classic;
+            if consumers {
+                sm = sm.with_consumer(&format!("{name}-worker"), queue);
+                sm.spec.consumers[0].min_replicas = 1;
+                sm.spec.consumers[0].max_replicas = 5;
+                sm.spec.consumers[0].messages_per_replica = 100;
+            }
             let api = api.clone();
             async move { api.create(&PostParams::default(), &sm).await }
         })
@@ -455,6 +570,27 @@ async fn measure(client: &Client, n: usize, rest: Duration) -> Figures {
             "only {ready} of {n} Ready after {} s",
             CONVERGE_GUARD.as_secs()
         );
+    }
+
+    if consumers && figures.all_ready_s.is_some() {
+        publish(&queues, BACKLOG).await;
+        // Each consumer scaled to 2 (the backlog) before the rest window.
+        let guard = Instant::now();
+        while guard.elapsed() < CONVERGE_GUARD {
+            let list = api.list(&ListParams::default()).await.unwrap().items;
+            let scaled = list
+                .iter()
+                .filter(|s| {
+                    s.status
+                        .as_ref()
+                        .is_some_and(|s| s.consumers.iter().any(|c| c.replicas == 2))
+                })
+                .count();
+            if scaled == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     // Settle: the autoscaler writes each queue's numbers in status.queues at its first poll
@@ -547,6 +683,27 @@ async fn measure(client: &Client, n: usize, rest: Duration) -> Figures {
         .filter(|s| is_ready(s))
         .count();
 
+    if consumers && figures.all_ready_s.is_some() {
+        let samples: Vec<(String, String)> = names
+            .iter()
+            .zip(&queues)
+            .step_by((n / REACTION_SAMPLES).max(1))
+            .take(REACTION_SAMPLES)
+            .map(|(name, q)| (format!("{name}-worker"), q.clone()))
+            .collect();
+        let mut reactions = reaction_times(&ns, &samples).await;
+        reactions.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            (!reactions.is_empty())
+                .then(|| reactions[((q * reactions.len() as f64).ceil() as usize).max(1) - 1])
+        };
+        figures.reaction_p50_s = at(0.5);
+        figures.reaction_p95_s = at(0.95);
+    }
+    figures.amqp_opened = metric(
+        &operator.metrics().await,
+        "swappo_operator_amqp_connections_opened_total",
+    );
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     if !operator.terminate() {
@@ -575,6 +732,18 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "not reached".into(), |v| format!("{v:.1}"))
 }
 
+/// The row label of a measurement: its object count, and its case.
+fn label(f: &Figures) -> String {
+    match f.consumers {
+        true => format!("{} with consumers", f.n),
+        false => f.n.to_string(),
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
 fn report(all: &[Figures]) -> String {
     let conditions = std::env::var("BENCH_CONDITIONS").unwrap_or_default();
     let limit_mib = 256.0; // the chart's default memory limit (charts/swappo-operator/values.yaml)
@@ -587,6 +756,13 @@ fn report(all: &[Figures]) -> String {
     out.push_str("|---:|---|---:|---|\n");
     for f in all {
         let per_min = 60.0 / f.rest_seconds.max(1.0);
+        let at_1000 = |goal: &str| {
+            if f.n == 1000 {
+                goal.to_owned()
+            } else {
+                String::new()
+            }
+        };
         let of_limit =
             |mib: f64| format!("{:.2}x the chart's 256 MiB memory limit", mib / limit_mib);
         let rows = [
@@ -598,7 +774,15 @@ fn report(all: &[Figures]) -> String {
             (
                 "seconds until every object is Ready",
                 opt(f.all_ready_s),
-                String::new(),
+                at_1000(&format!(
+                    "goal < 60 s: {}; vs 218 s before issue 17",
+                    met(f.all_ready_s.is_some_and(|t| t < 60.0))
+                )),
+            ),
+            (
+                "AMQP connections opened",
+                format!("{:.0}", f.amqp_opened),
+                at_1000("vs ~24,000 before issue 17"),
             ),
             (
                 "mean reconcile (ms) until all Ready",
@@ -608,12 +792,22 @@ fn report(all: &[Figures]) -> String {
             (
                 "peak RSS (MiB)",
                 format!("{:.1}", f.peak_rss_mib),
-                of_limit(f.peak_rss_mib),
+                match f.n {
+                    1000 => format!(
+                        "{}; goal < 64 MiB: {}; vs 247 MiB before issue 17",
+                        of_limit(f.peak_rss_mib),
+                        met(f.peak_rss_mib < 64.0)
+                    ),
+                    _ => of_limit(f.peak_rss_mib),
+                },
             ),
             (
                 "RSS at rest (MiB)",
                 format!("{:.1}", f.rest_rss_mib),
-                of_limit(f.rest_rss_mib),
+                match f.n {
+                    1000 => format!("{}; vs 172 MiB before issue 17", of_limit(f.rest_rss_mib)),
+                    _ => of_limit(f.rest_rss_mib),
+                },
             ),
             (
                 "API writes per minute at rest",
@@ -630,11 +824,31 @@ fn report(all: &[Figures]) -> String {
                     "{:.0}",
                     f.rest_operator_reads.iter().map(|(_, n)| n).sum::<f64>() * per_min + 0.0
                 ),
+                format!(
+                    "target 0: {}{}",
+                    met(f.rest_operator_reads.is_empty()),
+                    at_1000("; vs 1,044 before issue 17")
+                ),
+            ),
+            (
+                "scale reaction p50 (s), every resource polling",
+                opt(f.reaction_p50_s),
+                String::new(),
+            ),
+            (
+                "scale reaction p95 (s), every resource polling",
+                opt(f.reaction_p95_s),
                 String::new(),
             ),
         ];
         for (measure, value, ratio) in rows {
-            out.push_str(&format!("| {} | {measure} | {value} | {ratio} |\n", f.n));
+            if !f.consumers && measure.starts_with("scale reaction") {
+                continue;
+            }
+            out.push_str(&format!(
+                "| {} | {measure} | {value} | {ratio} |\n",
+                label(f)
+            ));
         }
     }
     out.push_str("\n## Details\n\n");
@@ -647,16 +861,24 @@ fn report(all: &[Figures]) -> String {
          starts; it watches that namespace only. `Ready` needs the broker Deployment \
          available (controller-manager, scheduler and kwok at work), an AMQP login and the \
          queue declared. The objects name a user credentials Secret (`credentialsSecret`, \
-         the local broker's login): that Secret is not the operator's, so it is read live at \
-         each reconcile (a changed password shows at once) - the one GET per reconcile at \
-         rest; everything the operator owns is read from its watch caches.\n\n",
+         the local broker's login, so all of them dial one broker as one user: the operator \
+         keeps one AMQP connection per broker and login); that Secret is not the operator's: \
+         a metadata-only watch gives its resourceVersion and it is read only when that \
+         changed. \"with consumers\": each object also scales one consumer Deployment \
+         (`<name>-worker`, kwok runs its pods, min 1 max 5, 100 messages per replica); once \
+         all are Ready each queue gets a backlog of 150 messages (scaled to 2 before the \
+         rest window; Ready then needs ConsumersScaled too). After the rest window 20 of \
+         the queues, one after another, get 300 more messages; the reaction is the time \
+         from the confirmed publish to a watch seeing the Deployment at 5 replicas, while \
+         every object keeps polling every 2 s. Everything else the operator reads is from \
+         its watch caches.\n\n",
     );
     out.push_str("| objects | all have a status (s) | all Ready (s) | reconciles until all Ready (errors) | reconcile mean / p50 / p95 (ms) | peak RSS (MiB) | RSS at rest (MiB) | RSS at rest vs the chart's 256 MiB limit |\n");
     out.push_str("|---:|---:|---:|---:|---|---:|---:|---:|\n");
     for f in all {
         out.push_str(&format!(
             "| {} | {} | {} | {:.0} ({:.0}) | {:.1} / <= {:.0} / <= {:.0} | {:.1} | {:.1} | {:.3}x |\n",
-            f.n,
+            label(f),
             opt(f.all_status_s),
             opt(f.all_ready_s),
             f.reconciles_to_ready,
@@ -676,7 +898,7 @@ fn report(all: &[Figures]) -> String {
         let per_min = |v: f64| v * 60.0 / f.rest_seconds.max(1.0);
         out.push_str(&format!(
             "| {} | {:.0} | {:.1} | {} | {} | {:.0} | {:.1} | {:.2} | {:.0} | {}/{} |\n",
-            f.n,
+            label(f),
             f.rest_seconds,
             per_min(f.rest_writes),
             f.rest_changed_objects,
@@ -704,7 +926,7 @@ fn report(all: &[Figures]) -> String {
         };
         out.push_str(&format!(
             "| {} | {} | {} |\n",
-            f.n,
+            label(f),
             list(&f.rest_operator_reads),
             list(&f.rest_operator_writes)
         ));
@@ -712,7 +934,7 @@ fn report(all: &[Figures]) -> String {
     let notes: Vec<String> = all
         .iter()
         .filter(|f| !f.note.trim().is_empty())
-        .map(|f| format!("- {} objects: {}", f.n, f.note.trim()))
+        .map(|f| format!("- {}: {}", label(f), f.note.trim()))
         .collect();
     if !notes.is_empty() {
         out.push_str(&format!("\nNotes:\n{}\n", notes.join("\n")));
@@ -749,9 +971,21 @@ async fn operator_scale() {
         .map(|s| s.parse().expect("BENCH_SCALES holds numbers"))
         .collect();
     let rest = Duration::from_secs(env_or("BENCH_REST", 130));
+    let cases: Vec<bool> = std::env::var("BENCH_CASES")
+        .unwrap_or_else(|_| "queues consumers".into())
+        .split_whitespace()
+        .map(|c| match c {
+            "queues" => false,
+            "consumers" => true,
+            other => panic!("BENCH_CASES: unknown case {other} (queues, consumers)"),
+        })
+        .collect();
     let mut all = Vec::new();
-    for n in scales {
-        all.push(measure(&client, n, rest).await);
+    for (consumers, n) in cases
+        .iter()
+        .flat_map(|c| scales.iter().map(move |n| (*c, *n)))
+    {
+        all.push(measure(&client, n, rest, consumers).await);
         remove_nodes(&client).await;
         let out = report(&all);
         if let Ok(path) = std::env::var("BENCH_OUT") {

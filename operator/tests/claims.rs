@@ -70,21 +70,13 @@ async fn condition(
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Waits until the scaler has read consumer Deployments `n` more times (one read per scaled
-/// consumer per pass): passes have happened, without timing.
+/// Waits until the scaler has made `n` more passes (one per resource per poll, counted by
+/// its `autoscaler_passes_total`): passes have happened, without timing.
 async fn passes(operator: &InProcess, n: f64) {
-    let reads = || {
-        let text = operator.metrics.encode();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("swappo_operator_api_reads_total") && l.contains("Deployment")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
-    let before = reads();
+    let count = || operator.metric("swappo_operator_autoscaler_passes_total");
+    let before = count();
     eventually("more autoscaler passes", WAIT, || async {
-        (reads() >= before + n).then_some(())
+        (count() >= before + n).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -138,7 +130,7 @@ async fn two_resources_naming_one_deployment_the_oldest_scales_it_and_the_other_
     );
     let b = api.get("b").await.unwrap();
     assert_eq!(b.status.unwrap().consumers[0].reason, "DeploymentClaimed");
-    passes(&operator, 5.0).await;
+    passes(&operator, 10.0).await;
     // Neither wrote: the younger is refused, the oldest already has what it wants.
     assert_eq!(replicas_and_generation(&ns, "worker").await, (1, 1));
     assert_eq!(

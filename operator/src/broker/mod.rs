@@ -1,7 +1,8 @@
 //! The broker client: what the operator says to a RabbitMQ broker. One AMQP connect path
-//! ([`amqp`]), the management HTTP API ([`management`]) and the queue topology
+//! ([`amqp`]), one kept connection per broker ([`connections`]), the management HTTP API ([`management`]) and the queue topology
 //! ([`topology`]). Decisions on what they return live in [`crate::decisions`].
 pub mod amqp;
+pub mod connections;
 pub mod management;
 pub mod topology;
 

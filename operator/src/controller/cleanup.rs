@@ -10,7 +10,8 @@ use crate::builders::{MANAGER, Names, label};
 use crate::context::{Caches, Context};
 use crate::crd::SwappoMessaging;
 use crate::decisions::replicasets::{
-    DEFAULT_HISTORY_LIMIT, Observation, Stale, needs, stale_replica_sets, worth_a_look,
+    DEFAULT_HISTORY_LIMIT, Observation, Stale, needs, old_revisions_hold_pods, stale_replica_sets,
+    worth_a_look,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -97,7 +98,11 @@ where
 /// the same name (UID precondition failed), is skipped silently: someone else cleaned it.
 ///
 /// With `caches` (the controller's watches), a first look there decides whether to
-/// read at all ([`worth_a_look`]): in a steady state nothing is read. Deletions are always
+/// read at all: a managed Deployment whose old revisions still hold pods
+/// ([`old_revisions_hold_pods`]), or the operator's own ReplicaSets ([`worth_a_look`]). In a
+/// steady state nothing is read. A consumer's zero-replica revisions beyond its history limit
+/// alone do not make a look (its ReplicaSets are not cached; the Deployment controller prunes
+/// those itself): they are judged at the next look. Deletions are always
 /// decided on live reads.
 pub async fn clean(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Result<Vec<Deleted>> {
     let (client, caches, metrics) = (&ctx.client, ctx.caches.get(), ctx.metrics.as_ref());
@@ -114,17 +119,20 @@ pub async fn clean(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Result<Vec<
             .is_some_and(|r| r.is_ok())
     };
     if let Some(caches) = caches.filter(loaded) {
-        // History limits known from the cache (the broker's Deployment is the operator's);
-        // a consumer's Deployment is not cached, so its limit is unknown.
-        let limits: BTreeMap<String, i32> = names
+        // History limits and rollout state from the workloads cache (every Deployment,
+        // trimmed); the cached ReplicaSets are the operator's own only.
+        let workloads: Vec<_> = names
             .iter()
-            .filter_map(|name| {
-                let d = caches.deployments.get(&ObjectRef::new(name).within(ns))?;
+            .filter_map(|name| caches.workloads.get(&ObjectRef::new(name).within(ns)))
+            .collect();
+        let limits: BTreeMap<String, i32> = workloads
+            .iter()
+            .map(|d| {
                 let limit = d
                     .spec
                     .revision_history_limit
                     .unwrap_or(DEFAULT_HISTORY_LIMIT);
-                Some((name.clone(), limit))
+                (d.name_any(), limit)
             })
             .collect();
         let in_ns: Vec<_> = caches
@@ -133,7 +141,8 @@ pub async fn clean(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> Result<Vec<
             .into_iter()
             .filter(|rs| rs.namespace().as_deref() == Some(ns))
             .collect();
-        if !worth_a_look(&names, &limits, in_ns.iter().map(AsRef::as_ref), &labels) {
+        let rolling = workloads.iter().any(|d| old_revisions_hold_pods(d));
+        if !rolling && !worth_a_look(&names, &limits, in_ns.iter().map(AsRef::as_ref), &labels) {
             return Ok(Vec::new());
         }
     }

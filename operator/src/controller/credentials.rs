@@ -4,9 +4,13 @@ use super::owned::{Owner, Seen};
 use crate::builders::Names;
 use crate::builders::secret::{Credentials, key, secret_value};
 use crate::decisions::status::CredentialsState;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::runtime::reflector::ObjectRef;
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// What the credentials step found.
@@ -70,6 +74,53 @@ pub async fn warn_if_the_broker_ran(o: &Owner<'_>, names: &Names) -> Result<()> 
     Ok(())
 }
 
+/// The user's Secret `name`. It is not the operator's (no managed-by label, so not in the
+/// owned caches): the metadata-only watch of Secrets says whether it exists and at which
+/// resourceVersion, and it is read from the API server only when that is not the version
+/// last read. At rest nothing is read; a changed password is read once, and its watch event
+/// triggers the reconcile. Without the watch (not started, or still loading), read live.
+/// Reads are counted as kind `credentialsSecret`.
+async fn user_secret_of(o: &Owner<'_>, name: &str) -> Result<Option<Secret>> {
+    let key = (o.ns.to_owned(), name.to_owned());
+    let versions = o.ctx.caches.get().map(|c| &c.secret_versions).filter(|v| {
+        v.wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+    });
+    if let Some(versions) = versions {
+        let Some(seen) = versions.get(&ObjectRef::new(name).within(o.ns)) else {
+            o.ctx
+                .user_secrets
+                .lock()
+                .expect("never poisoned")
+                .remove(&key);
+            return Ok(None);
+        };
+        let known = o
+            .ctx
+            .user_secrets
+            .lock()
+            .expect("never poisoned")
+            .get(&key)
+            .filter(|s| s.metadata.resource_version == seen.metadata.resource_version)
+            .cloned();
+        if let Some(secret) = known {
+            return Ok(Some(Secret::clone(&secret)));
+        }
+    }
+    o.ctx.metrics.read("credentialsSecret");
+    let live = Api::<Secret>::namespaced(o.ctx.client.clone(), o.ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("get Secret {name}")))?;
+    let mut memo = o.ctx.user_secrets.lock().expect("never poisoned");
+    match &live {
+        Some(secret) => memo.insert(key, Arc::new(secret.clone())),
+        None => memo.remove(&key),
+    };
+    Ok(live)
+}
+
 /// The credentials to use and what to report about them.
 async fn choose(
     o: &Owner<'_>,
@@ -89,9 +140,7 @@ async fn choose(
         };
         return Ok((Some(creds), state));
     };
-    // The user's Secret is not the operator's (no managed-by label, so not in the caches):
-    // read live, so a changed password shows at the next reconcile.
-    let Some(source) = o.get::<Secret>(user_secret).await? else {
+    let Some(source) = user_secret_of(o, user_secret).await? else {
         return Ok((None, CredentialsState::SecretNotFound(user_secret.clone())));
     };
     let incomplete = |key: &str| CredentialsState::SecretIncomplete {

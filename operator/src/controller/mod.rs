@@ -21,6 +21,8 @@ use cleanup::managed_deployment_names;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
@@ -39,10 +41,74 @@ fn trim<K: Resource>(o: &mut K) {
 
 /// [`trim`], and a ReplicaSet's pod template: the clean-up's first look and the mapping of
 /// ReplicaSet events to instances read only metadata, replica counts and owners, and the
-/// template is most of a ReplicaSet (every ReplicaSet in the watched namespaces is cached).
+/// template is most of a ReplicaSet.
 fn trim_replica_set(rs: &mut ReplicaSet) {
     trim(rs);
     rs.spec.template = None;
+}
+
+/// Reconcile requests for one resource within this long are merged into one (kube's
+/// trailing-edge debounce): creating a broker's five objects, or a rollout's several
+/// Deployment updates, make one reconcile instead of one each. Short against the 60 s recheck
+/// and the 2 s autoscaler poll, and objects here are not updated continuously, so nothing is
+/// hidden for long.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`trim`], a Deployment's pod template and conditions, and every annotation but its
+/// revision: the autoscaler reads replicas, the clean-up the history limit, the selector and
+/// the rollout's replica counts.
+fn trim_workload(d: &mut Deployment) {
+    trim(d);
+    if let Some(annotations) = d.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == crate::decisions::replicasets::REVISION_ANNOTATION);
+    }
+    d.spec.template = Default::default();
+    if let Some(status) = d.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+/// What of a Deployment tells the clean-up to look again: its generation and its pods by
+/// revision (a predicate on the workloads watch).
+fn rollout_state(d: &Deployment) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let status = d.status.clone().unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        d.metadata.generation,
+        status.replicas,
+        status.updated_replicas,
+        status.available_replicas,
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// The `SwappoMessaging` objects in the Deployment's namespace that scale it.
+pub fn scaling(
+    d: &Deployment,
+    instances: &Store<SwappoMessaging>,
+) -> Vec<ObjectRef<SwappoMessaging>> {
+    let (ns, name) = (d.namespace(), d.name_any());
+    instances
+        .state()
+        .iter()
+        .filter(|sm| sm.namespace() == ns)
+        .filter(|sm| sm.spec.consumers.iter().any(|c| c.deployment == name))
+        .map(|sm| ObjectRef::from_obj(sm.as_ref()))
+        .collect()
+}
+
+/// Only what says which object and which version: name, namespace, uid, resourceVersion.
+fn trim_to_version<K>(o: &mut PartialObjectMeta<K>) {
+    let m = &mut o.metadata;
+    *m = ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        uid: m.uid.take(),
+        resource_version: m.resource_version.take(),
+        ..ObjectMeta::default()
+    };
 }
 
 /// A watch of `api` that fills a cache as it goes, each object passed through `trim` first:
@@ -68,7 +134,9 @@ where
 }
 
 /// Runs the controller until `shutdown`: watches `SwappoMessaging` (in `namespace`, or all),
-/// the objects it owns (selected by the `managed-by` label) and ReplicaSets, each watch also
+/// the objects it owns and its ReplicaSets (selected by the `managed-by` label), the
+/// Deployments (trimmed: the consumers') and the Secrets' versions (metadata only: the users'
+/// credentials Secrets), each watch also
 /// filling the [`Caches`] the reconciler reads, and the other autoscalers (HPAs, KEDA
 /// ScaledObjects) the scaler must not fight.
 pub async fn run_controller(
@@ -97,11 +165,26 @@ pub async fn run_controller(
     );
     let (deployments, deployments_cache) =
         reflected(api::<Deployment>(client, namespace), owned.clone(), trim);
-    let (services, services_cache) = reflected(api::<Service>(client, namespace), owned, trim);
+    let (services, services_cache) =
+        reflected(api::<Service>(client, namespace), owned.clone(), trim);
+    // The operator's own ReplicaSets only (its label), not every ReplicaSet of the cluster.
     let (replica_sets, replica_sets_cache) = reflected(
         api::<ReplicaSet>(client, namespace),
-        watcher::Config::default(),
+        owned.clone(),
         trim_replica_set,
+    );
+    let (workloads, workloads_cache) = reflected(
+        api::<Deployment>(client, namespace),
+        watcher::Config::default(),
+        trim_workload,
+    );
+    // Every Secret's name and resourceVersion only (metadata-only watch, trimmed): users'
+    // credentials Secrets carry no label of ours, and a metadata watch costs a few hundred
+    // bytes per Secret where a full one would hold every Secret's data.
+    let (secret_versions, secret_versions_cache) = reflected(
+        api::<PartialObjectMeta<Secret>>(client, namespace),
+        watcher::Config::default(),
+        trim_to_version,
     );
     let (hpas, scaled_objects, autoscaler_watches) = autoscalers::watch(client, namespace).await;
     // One controller per context (per process): set once.
@@ -114,6 +197,8 @@ pub async fn run_controller(
         deployments: deployments_cache,
         services: services_cache,
         replica_sets: replica_sets_cache,
+        workloads: workloads_cache,
+        secret_versions: secret_versions_cache,
     });
     let (resources, writer) = reflector::store();
     let trigger = watcher(
@@ -133,17 +218,31 @@ pub async fn run_controller(
     );
     let base = Controller::for_stream(trigger, resources.clone());
     let instances = resources.clone();
+    let namers = resources.clone();
+    let scalers = resources.clone();
     let scaler = crate::scaler::run(ctx.clone(), resources, shutdown.clone());
     // ReplicaSet changes (a rollout finishing, a set scaled by hand, an orphan appearing)
     // reconcile the instances that manage their Deployment or whose labels they carry.
     let controller = base
         .watches_stream(replica_sets, move |rs| concerned(&rs, &instances))
+        // A consumer Deployment's rollout moved (its ReplicaSets' replicas changed): the
+        // instances scaling it look for stale ReplicaSets. Its other changes do not matter.
+        .watches_stream(
+            workloads.predicate_filter(rollout_state, PredicateConfig::default()),
+            move |d| scaling(&d, &scalers),
+        )
+        // A user's credentials Secret changed: the resources naming it log in again.
+        .watches_stream(secret_versions, move |s| naming_secret(&s, &namers))
         .owns_stream(deployments)
         .owns_stream(services)
         .owns_stream(config_maps)
         .owns_stream(secrets)
         .owns_stream(claims)
-        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+        .with_config(
+            controller::Config::default()
+                .concurrency(ctx.settings.concurrency)
+                .debounce(DEBOUNCE),
+        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -168,6 +267,22 @@ fn consumers_scaled(sm: &SwappoMessaging) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     status.hash(&mut h);
     Some(h.finish())
+}
+
+/// The `SwappoMessaging` objects in the Secret's namespace that name it in
+/// `spec.broker.credentialsSecret`.
+pub fn naming_secret(
+    secret: &PartialObjectMeta<Secret>,
+    instances: &Store<SwappoMessaging>,
+) -> Vec<ObjectRef<SwappoMessaging>> {
+    let (ns, name) = (secret.namespace(), secret.name_any());
+    instances
+        .state()
+        .iter()
+        .filter(|sm| sm.namespace() == ns)
+        .filter(|sm| sm.spec.broker.credentials_secret.as_deref() == Some(name.as_str()))
+        .map(|sm| ObjectRef::from_obj(sm.as_ref()))
+        .collect()
 }
 
 /// The `SwappoMessaging` objects a ReplicaSet change concerns: the instance named by its
@@ -205,7 +320,7 @@ mod tests {
     use super::*;
     use crate::fixtures::TestExt;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::runtime::reflector::store;
 
     fn rs(name: &str, labels: &[(&str, &str)], owner: Option<&str>) -> ReplicaSet {

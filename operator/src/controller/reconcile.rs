@@ -6,20 +6,21 @@
 use super::credentials::{self, Found};
 use super::owned::Owner;
 use super::{cleanup, status};
-use crate::broker::amqp::{self, Target};
+use crate::broker::amqp::Target;
+use crate::broker::connections::Shared;
 use crate::broker::{Broker, topology};
 use crate::builders::secret::{Credentials, Endpoint, credentials_secret};
 use crate::builders::{Names, broker};
 use crate::context::Context;
 use crate::crd::SwappoMessaging;
-use crate::decisions::status::{AmqpCheck, Observed};
+use crate::decisions::queues::declaration_key;
+use crate::decisions::status::{AmqpCheck, Observed, condition};
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use lapin::Connection;
 use std::sync::Arc;
 use tracing::{debug, instrument};
 
@@ -108,38 +109,60 @@ async fn ensure_broker(o: &Owner<'_>, names: &Names, regenerated: bool) -> Resul
 }
 
 /// The AMQP login behind `BrokerReady`, once the broker's pods are ready: its outcome, and
-/// its connection (kept for the queue declarations, then closed).
+/// the broker's kept connection ([`Context::broker_connection`]: opened only when there is
+/// none, so a recheck logs in again only when the connection closed or the login changed).
 async fn log_in(
     target: &Target,
     creds: Option<&Credentials>,
     broker_pods: Option<(i32, i32)>,
     ctx: &Context,
-) -> (Option<AmqpCheck>, Option<Connection>) {
+) -> (Option<AmqpCheck>, Option<Shared>) {
     let pods_ready = broker_pods.is_none_or(|(ready, _)| ready >= 1);
     let outcome = match creds {
-        Some(creds) if pods_ready => {
-            match amqp::login(target, creds, ctx.settings.amqp_timeout).await {
-                Ok(conn) => (Some(AmqpCheck::Ok), Some(conn)),
-                Err(failed) => (Some(failed), None),
-            }
-        }
+        Some(creds) if pods_ready => match ctx.broker_connection(target, creds).await {
+            Ok(shared) => (Some(AmqpCheck::Ok), Some(shared)),
+            Err(failed) => (Some(failed), None),
+        },
         _ => (None, None),
     };
     debug!(check = ?outcome.0.as_ref().map(|a| matches!(a, AmqpCheck::Ok)), "broker login checked");
     outcome
 }
 
-/// `sm` with its `QueuesReady` condition decided, the queues declared on the login's
-/// connection when the broker accepted it; the connection closed.
+/// `sm` with its `QueuesReady` condition decided, the queues declared on the broker's kept
+/// connection when the broker accepted the login and what they were last declared for
+/// (`status.queuesDeclared`: `spec.queues` and the connection) changed; `sm` as it is when
+/// nothing changed (its `QueuesReady` stands).
 async fn declare_queues(
     sm: &SwappoMessaging,
     target: &Target,
     creds: Option<Credentials>,
     observed: &Observed,
-    login: Option<Connection>,
+    login: Option<Shared>,
     now: &Time,
     ctx: &Context,
 ) -> SwappoMessaging {
+    let key = login
+        .as_ref()
+        .map(|shared| declaration_key(&sm.spec.queues, shared.id));
+    let status = sm.status.as_ref();
+    let this = ObjectRef::from_obj(sm);
+    let declared = status.and_then(|s| s.queues_declared.clone());
+    let decided = status.is_some_and(|s| {
+        sm.spec.queues.is_empty()
+            || s.conditions
+                .iter()
+                .any(|c| c.type_ == condition::QUEUES_READY)
+    });
+    let in_memory = ctx
+        .queues_declared
+        .lock()
+        .expect("never poisoned")
+        .get(&this)
+        .cloned();
+    if key.is_some() && (key == declared || key == in_memory) && decided {
+        return sm.clone();
+    }
     let broker = match (creds, &observed.amqp) {
         (Some(credentials), Some(AmqpCheck::Ok)) => Some(Broker {
             amqp: target.clone(),
@@ -149,12 +172,26 @@ async fn declare_queues(
         }),
         _ => None,
     };
-    let with_queues =
-        topology::with_queues_declared(sm, broker.as_ref(), login.as_ref(), now).await;
-    if let Some(conn) = login {
-        // Bounded: a reconcile must never wait on a broker that stopped answering.
-        let close = conn.close(200, "swappo-operator reconcile".into());
-        let _ = tokio::time::timeout(ctx.settings.amqp_timeout, close).await;
+    if broker.is_some() {
+        ctx.metrics
+            .queue_declarations
+            .inc_by(sm.spec.queues.len() as u64);
+    }
+    let conn = login.as_ref().map(|shared| shared.conn.as_ref());
+    let mut with_queues = topology::with_queues_declared(sm, broker.as_ref(), conn, now).await;
+    let ready = with_queues
+        .condition(condition::QUEUES_READY)
+        .is_none_or(|c| c.status == "True");
+    if let (Some(key), true) = (key, ready) {
+        // Only a declaration that succeeded is not repeated; a failed one is retried.
+        ctx.queues_declared
+            .lock()
+            .expect("never poisoned")
+            .insert(this, key.clone());
+        with_queues
+            .status
+            .get_or_insert_with(Default::default)
+            .queues_declared = Some(key);
     }
     with_queues
 }

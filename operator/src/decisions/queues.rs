@@ -1,5 +1,7 @@
 //! The `QueuesReady` verdict from the outcome of declaring each `spec.queues` entry.
+use crate::crd::QueueSpec;
 use crate::decisions::status::Verdict;
+use std::hash::{Hash, Hasher};
 use swappo_messaging::topology::TopologyError;
 
 /// Each queue's declaration outcome, in spec order, or why no connection was made.
@@ -68,9 +70,41 @@ pub fn queues_verdict(outcome: &Declared, legacy: &[&str]) -> Verdict {
     }
 }
 
+/// What `queues` declared on the connection `connection` (its [`Shared::id`]) is recorded as
+/// in `status.queuesDeclared`: the queues are declared again only when this changes. std's
+/// hasher is not promised to stay the same across Rust releases: a new one costs one more
+/// declaration per resource, nothing else.
+///
+/// [`Shared::id`]: crate::broker::connections::Shared::id
+pub fn declaration_key(queues: &[QueueSpec], connection: u64) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(queues)
+        .unwrap_or_default()
+        .hash(&mut h);
+    connection.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declaration_key_changes_with_the_queues_or_the_connection_only() {
+        let spec = |ttl: Option<u32>| -> Vec<QueueSpec> {
+            vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "q", "type": "classic", "messageTtlSeconds": ttl
+                }))
+                .unwrap(),
+            ]
+        };
+        let key = declaration_key(&spec(None), 7);
+        assert_eq!(key, declaration_key(&spec(None), 7));
+        assert_ne!(key, declaration_key(&spec(Some(5)), 7));
+        assert_ne!(key, declaration_key(&spec(None), 8));
+        assert_ne!(key, declaration_key(&[], 7));
+    }
 
     #[test]
     fn a_conflict_names_the_queue_and_argument_and_other_queues_do_not_hide_it() {

@@ -185,6 +185,15 @@ pub fn worth_a_look<'a>(
     })
 }
 
+/// Whether a Deployment's old revisions still hold pods, from its status alone: the pods it
+/// counts (every revision's) outnumber its current revision's. A rollout in progress, or a
+/// stale ReplicaSet of case (a): worth a look at its ReplicaSets.
+pub fn old_revisions_hold_pods(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .is_some_and(|s| s.replicas.unwrap_or(0) > s.updated_replicas.unwrap_or(0))
+}
+
 /// [`Needs`] for these observations. Pure: no I/O.
 pub fn needs(
     managed: &[Deployment],
@@ -392,6 +401,23 @@ fn name_of(meta: &ObjectMeta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_revisions_hold_pods_when_the_deployment_counts_more_pods_than_its_current_revision() {
+        let with = |replicas: Option<i32>, updated: Option<i32>| Deployment {
+            status: Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+                replicas,
+                updated_replicas: updated,
+                ..Default::default()
+            }),
+            ..Deployment::default()
+        };
+        assert!(old_revisions_hold_pods(&with(Some(3), Some(2))));
+        assert!(old_revisions_hold_pods(&with(Some(1), None)));
+        assert!(!old_revisions_hold_pods(&with(Some(2), Some(2))));
+        assert!(!old_revisions_hold_pods(&with(None, None)));
+        assert!(!old_revisions_hold_pods(&Deployment::default()));
+    }
     use k8s_openapi::api::apps::v1::{
         DeploymentSpec, DeploymentStatus, ReplicaSetSpec, ReplicaSetStatus,
     };

@@ -259,7 +259,7 @@ fn owned_part(
 }
 
 /// What the reconciler writes of `status` (under its own field manager): `observedGeneration`,
-/// `broker` and its conditions ([`RECONCILER_CONDITIONS`]).
+/// `broker`, `queuesDeclared` and its conditions ([`RECONCILER_CONDITIONS`]).
 pub fn reconciler_part(status: &SwappoMessagingStatus) -> serde_json::Value {
     owned_part(
         status,
@@ -267,6 +267,7 @@ pub fn reconciler_part(status: &SwappoMessagingStatus) -> serde_json::Value {
         serde_json::json!({
             "observedGeneration": status.observed_generation,
             "broker": status.broker,
+            "queuesDeclared": status.queues_declared,
         }),
     )
 }

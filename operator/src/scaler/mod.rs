@@ -12,15 +12,16 @@ mod status;
 
 pub use pass::policy;
 
+use crate::broker::connections::IDLE_CLOSE;
 use crate::context::Context;
 use crate::crd::SwappoMessaging;
 use crate::decisions::autoscale::History;
 use crate::decisions::status::condition;
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
-use lapin::Connection;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -28,8 +29,17 @@ use tracing::{debug, info};
 /// Per-consumer recommendation histories, keyed by (namespace, resource, Deployment).
 pub(crate) type Histories = HashMap<(String, String, String), History>;
 
-/// Kept AMQP connections (for passive declares), keyed by (namespace, resource).
-type Connections = HashMap<(String, String), Connection>;
+/// The replicas this loop last wrote per consumer, with the Deployment's resourceVersion
+/// before that write: while the workloads cache still shows that version, the write is not
+/// in it yet, and the written replicas stand (so a lagging cache never causes the same scale,
+/// and its Event, twice).
+pub(crate) type Written = HashMap<(String, String, String), (Option<String>, i32)>;
+
+/// Resources polled at once. Each poll waits on its broker (a management GET, a passive
+/// declare, each bounded by the AMQP timeout): one slow broker then holds up one slot, not the
+/// others, and 1000 resources at a few milliseconds each fit in a 2 s tick. The bound keeps
+/// the broker's management API and the operator's memory from seeing 1000 requests at once.
+pub const POLL_CONCURRENCY: usize = 32;
 
 /// A resource without consumers only has `status.queues` to keep current (nothing to scale):
 /// it is polled every this many ticks (30 s at the default 2 s), each in a tick of its own
@@ -55,8 +65,8 @@ pub async fn run(
 ) {
     let http = reqwest::Client::new();
     let origin = Instant::now();
-    let mut histories = Histories::new();
-    let mut connections = Connections::new();
+    let histories = Mutex::new(Histories::new());
+    let written = Mutex::new(Written::new());
     let mut tick = tokio::time::interval(ctx.settings.autoscale_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -67,16 +77,8 @@ pub async fn run(
         }
         ticks += 1;
         let list = instances.state();
-        // Connections of resources that are gone (or no longer scaled) are closed.
-        connections.retain(|(ns, name), _| {
-            list.iter().any(|sm| {
-                sm.namespace().as_deref() == Some(ns.as_str())
-                    && &sm.name_any() == name
-                    && !sm.spec.consumers.is_empty()
-            })
-        });
         // Histories of consumers no longer declared (or of deleted resources) are dropped.
-        histories.retain(|(ns, name, deployment), _| {
+        let declared = |(ns, name, deployment): &(String, String, String)| {
             list.iter().any(|sm| {
                 sm.namespace().as_deref() == Some(ns.as_str())
                     && &sm.name_any() == name
@@ -86,38 +88,49 @@ pub async fn run(
                         .iter()
                         .any(|c| &c.deployment == deployment)
             })
-        });
-        for sm in &list {
+        };
+        histories
+            .lock()
+            .expect("never poisoned")
+            .retain(|k, _| declared(k));
+        written
+            .lock()
+            .expect("never poisoned")
+            .retain(|k, _| declared(k));
+        let due = list.iter().filter(|sm| {
             if sm.spec.queues.is_empty() && sm.spec.consumers.is_empty() {
-                continue;
+                return false;
             }
             let broker_ready = sm
                 .condition(condition::BROKER_READY)
                 .is_some_and(|c| c.status == "True");
             if !broker_ready || sm.metadata.deletion_timestamp.is_some() {
-                continue;
+                return false;
             }
             let key = (sm.namespace().unwrap_or_default(), sm.name_any());
-            if sm.spec.consumers.is_empty() && !queue_status_due(&key, ticks) {
-                continue;
+            !sm.spec.consumers.is_empty() || queue_status_due(&key, ticks)
+        });
+        let now = origin.elapsed();
+        let passes = futures::stream::iter(due).for_each_concurrent(POLL_CONCURRENCY, |sm| {
+            let (ctx, http, list) = (&ctx, &http, &list);
+            let (histories, written) = (&histories, &written);
+            async move {
+                let result = pass::scale_one(ctx, http, sm, list, histories, written, now).await;
+                ctx.metrics.autoscaler_passes.inc();
+                if let Err(e) = result {
+                    debug!(name = %sm.name_any(), error = %e, "autoscaler pass incomplete");
+                }
             }
-            let now = origin.elapsed();
-            let mut conn = connections.remove(&key);
-            let result =
-                pass::scale_one(&ctx, &http, sm, &list, &mut histories, &mut conn, now).await;
-            if let Some(conn) = conn {
-                connections.insert(key, conn);
-            }
-            if let Err(e) = result {
-                debug!(name = %sm.name_any(), error = %e, "autoscaler pass incomplete");
-            }
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = passes => {}
         }
+        // Connections no resource used for a while (resources deleted, logins changed).
+        ctx.amqp.prune(IDLE_CLOSE).await;
     }
-    for conn in connections.into_values() {
-        // Bounded: a broker that stopped answering must not hold up the operator's shutdown.
-        let close = conn.close(200, "operator stopping".into());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), close).await;
-    }
+    // The operator is stopping: the kept connections go with it.
+    ctx.amqp.close_all().await;
     info!("autoscaler stopped");
 }
 

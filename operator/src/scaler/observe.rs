@@ -1,7 +1,7 @@
 //! What one autoscaler pass reads from the broker: the login from the operator's Secret, and
 //! each queue's numbers.
 use crate::broker::Broker;
-use crate::broker::amqp::Target;
+use crate::broker::amqp::{self, Target};
 use crate::broker::management::{management_address, management_queue};
 use crate::broker::topology::passive_depth;
 use crate::builders::Names;
@@ -11,7 +11,6 @@ use crate::crd::{QueueStatus, SwappoMessaging};
 use crate::decisions::autoscale::{DepthSource, QueueMetrics};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use lapin::Connection;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::debug;
@@ -54,45 +53,45 @@ pub(super) async fn broker_of(ctx: &Context, sm: &SwappoMessaging, ns: &str) -> 
 /// Each queue's metrics (when any source answered) and status.
 ///
 /// The management API's queue counts are refreshed by the broker every 5 s (its statistics
-/// interval), while a passive declare on the kept AMQP connection reads the ready count at
-/// once: the depth is the larger of management ready + unacked and AMQP ready, so a new
-/// backlog is seen at the next poll. Without the management API, the depth is AMQP ready only
-/// (no unacked, no rates), and the consumer status says so. A resource without consumers has
-/// no kept connection: the management API alone, or while it is down, one connection per poll.
+/// interval), while a passive declare on the broker's kept AMQP connection (shared with the
+/// reconciler, [`Context::broker_connection`]) reads the ready count at once: the depth is the
+/// larger of management ready + unacked and AMQP ready, so a new backlog is seen at the next
+/// poll. Without the management API, the depth is AMQP ready only (no unacked, no rates), and
+/// the consumer status says so. A resource without consumers reads the management API alone,
+/// and AMQP only while that is down.
 pub(super) async fn observe_queues(
+    ctx: &Context,
     http: &reqwest::Client,
     broker: &Broker,
     sm: &SwappoMessaging,
-    amqp: &mut Option<Connection>,
 ) -> (HashMap<String, QueueMetrics>, Vec<QueueStatus>) {
     let mut metrics = HashMap::new();
     let mut statuses = Vec::new();
-    // Nothing to scale: the management API's numbers are enough for the status (a kept AMQP
-    // connection per resource would not be).
     let scaling = !sm.spec.consumers.is_empty();
-    if scaling && !amqp.as_ref().is_some_and(|c| c.status().connected()) {
-        *amqp = broker
-            .connect("swappo-operator autoscaler")
+    let connect = || async {
+        ctx.broker_connection(&broker.amqp, &broker.credentials)
             .await
-            .map_err(|e| debug!(error = %e, "autoscaler: no AMQP connection"))
-            .ok();
-    }
+            .map_err(|e| debug!(error = %amqp::describe(&e, &broker.amqp), "autoscaler: no AMQP connection"))
+            .ok()
+    };
+    let mut amqp = match scaling {
+        true => connect().await,
+        false => None,
+    };
     for q in &sm.spec.queues {
         let management = management_queue(http, broker, &q.name).await;
-        if !scaling && management.is_err() && amqp.is_none() {
-            // The management API is down: one AMQP connection for this poll, closed below.
-            *amqp = broker
-                .connect("swappo-operator queue status")
-                .await
-                .map_err(|e| debug!(error = %e, "queue status: no AMQP connection"))
-                .ok();
+        if management.is_err() && amqp.is_none() {
+            // The management API is down: the AMQP depth is all there is.
+            amqp = connect().await;
         }
         let fresh = match amqp.as_ref() {
             // Bounded like every broker call: a half-open connection must not stall the loop.
-            Some(conn) => tokio::time::timeout(broker.timeout, passive_depth(conn, &q.name))
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Some(shared) => {
+                tokio::time::timeout(broker.timeout, passive_depth(&shared.conn, &q.name))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             None => None,
         };
         match management {
@@ -129,10 +128,6 @@ pub(super) async fn observe_queues(
                 }
             }
         }
-    }
-    if !scaling && let Some(conn) = amqp.take() {
-        let close = conn.close(200, "queue status read".into());
-        let _ = tokio::time::timeout(broker.timeout, close).await;
     }
     (metrics, statuses)
 }

@@ -1,22 +1,22 @@
 //! One autoscaler pass over one resource: read the queues, decide each consumer's replicas
 //! with [`crate::decisions::autoscale::decide`], scale through the `scale` subresource, and
 //! write the status fields the loop owns.
-use super::Histories;
 use super::observe::{broker_of, observe_queues};
 use super::status::{Observation, write};
-use crate::context::Context;
+use super::{Histories, Written};
+use crate::context::{Context, cached};
 use crate::crd::{ConsumerStatus, SwappoMessaging};
 use crate::decisions::autoscale::{self, DepthSource, History, Policy};
 use crate::decisions::claims::{self, Refusal};
 use crate::decisions::status::Verdict;
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use lapin::Connection;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -33,6 +33,26 @@ pub fn policy(c: &crate::crd::ConsumerSpec) -> Policy {
     }
 }
 
+/// The consumer Deployment `name`: from the workloads cache (no API read; `None`: it does not
+/// exist), or from the API server while that cache is not loaded.
+async fn consumer_deployment(
+    ctx: &Context,
+    api: &Api<Deployment>,
+    ns: &str,
+    name: &str,
+) -> kube::Result<Option<Deployment>> {
+    let loaded = ctx.caches.get().map(|c| &c.workloads).filter(|w| {
+        w.wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+    });
+    if let Some(workloads) = loaded {
+        return Ok(cached(Some(workloads), ns, name).map(|d| Deployment::clone(&d)));
+    }
+    ctx.metrics.read("Deployment");
+    api.get_opt(name).await
+}
+
 /// One pass over one resource; `claimants` are all the resources the operator knows (a
 /// Deployment named by several is scaled by the oldest only).
 pub(super) async fn scale_one(
@@ -40,15 +60,15 @@ pub(super) async fn scale_one(
     http: &reqwest::Client,
     sm: &SwappoMessaging,
     claimants: &[Arc<SwappoMessaging>],
-    histories: &mut Histories,
-    amqp: &mut Option<Connection>,
+    histories: &Mutex<Histories>,
+    written: &Mutex<Written>,
     now: Duration,
 ) -> Result<(), String> {
     let ns = sm.namespace().unwrap_or_default();
     let Some(broker) = broker_of(ctx, sm, &ns).await else {
         return Err("no credentials Secret yet".into());
     };
-    let (mut metrics, queue_statuses) = observe_queues(http, &broker, sm, amqp).await;
+    let (mut metrics, queue_statuses) = observe_queues(ctx, http, &broker, sm).await;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = sm.status.clone().unwrap_or_default();
     let stamp =
@@ -72,7 +92,7 @@ pub(super) async fn scale_one(
         // One writer per Deployment's replicas: another autoscaler, or an older resource
         // naming the same Deployment, keeps it; this one writes nothing to it.
         if let Some(refusal) = claims::refusal(sm, &c.deployment, claimants, &autoscalers) {
-            histories.remove(&key);
+            histories.lock().expect("never poisoned").remove(&key);
             consumers.push(ConsumerStatus {
                 deployment: c.deployment.clone(),
                 reason: refusal.reason().into(),
@@ -83,13 +103,10 @@ pub(super) async fn scale_one(
             refused_messages.push(refusal.message(&c.deployment));
             continue;
         }
-        // A consumer's Deployment is the user's, not in the operator's caches: read live (its
-        // replicas are what the decision starts from).
-        ctx.metrics.read("Deployment");
-        let deployment = match deployments.get_opt(&c.deployment).await {
+        let deployment = match consumer_deployment(ctx, &deployments, &ns, &c.deployment).await {
             Ok(Some(d)) => d,
             Ok(None) => {
-                histories.remove(&key);
+                histories.lock().expect("never poisoned").remove(&key);
                 missing.push(c.deployment.clone());
                 consumers.push(ConsumerStatus {
                     deployment: c.deployment.clone(),
@@ -101,7 +118,18 @@ pub(super) async fn scale_one(
             }
             Err(e) => return Err(format!("get Deployment {}: {e}", c.deployment)),
         };
-        let current = deployment.spec.replicas.unwrap_or(1);
+        let current = {
+            let mut written = written.lock().expect("never poisoned");
+            let cached = deployment.spec.replicas.unwrap_or(1);
+            match written.get(&key) {
+                // The cache has not seen this loop's last scale yet: what was written stands.
+                Some((version, to)) if *version == deployment.metadata.resource_version => *to,
+                _ => {
+                    written.remove(&key);
+                    cached
+                }
+            }
+        };
         let mut queue = metrics.remove(&c.queue);
         if let Some(m) = queue.as_mut()
             && current > 0
@@ -113,10 +141,13 @@ pub(super) async fn scale_one(
                 .map_or(0.0, |q| q.deliver_rate);
             m.per_replica_rate = (rate > 0.0).then(|| rate / f64::from(current));
         }
-        let history = histories
-            .entry(key)
-            .or_insert_with(|| History::starting_at(now, current));
-        let decision = autoscale::decide(&policy(c), current, queue.as_ref(), history, now);
+        let decision = {
+            let mut histories = histories.lock().expect("never poisoned");
+            let history = histories
+                .entry(key.clone())
+                .or_insert_with(|| History::starting_at(now, current));
+            autoscale::decide(&policy(c), current, queue.as_ref(), history, now)
+        };
         if let Some(m) = &queue {
             metrics.insert(c.queue.clone(), m.clone());
         }
@@ -135,6 +166,10 @@ pub(super) async fn scale_one(
             {
                 Ok(_) => {
                     ctx.metrics.wrote("Deployment/scale");
+                    written.lock().expect("never poisoned").insert(
+                        key.clone(),
+                        (deployment.metadata.resource_version.clone(), to),
+                    );
                     replicas = to;
                     scaled_at = Some(stamp.clone());
                     let note = format!(

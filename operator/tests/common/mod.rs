@@ -100,6 +100,8 @@ pub fn local_broker_settings() -> Settings {
 /// The controller running in this test's runtime, watching one namespace.
 pub struct InProcess {
     pub metrics: Arc<Metrics>,
+    /// Its context (the caches, once its watches started).
+    pub ctx: Arc<Context>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -107,14 +109,23 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the controller for `namespace`.
     pub fn start(client: &Client, namespace: &str, settings: Settings) -> Self {
+        // `SWAPPO_TEST_LOG=<filter>`: the controller's logs in the test output.
+        if let Ok(filter) = std::env::var("SWAPPO_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let metrics = Arc::new(Metrics::default());
         let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings));
         let stop = CancellationToken::new();
         let ns = namespace.to_owned();
         let token = stop.clone();
+        let shared = ctx.clone();
         let task = tokio::spawn(async move { run_controller(ctx, Some(&ns), token).await });
         Self {
             metrics,
+            ctx: shared,
             stop,
             task,
         }
