@@ -10,11 +10,12 @@ use crate::decisions::claims::Autoscaler;
 use crate::decisions::status::AmqpCheck;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -44,6 +45,9 @@ pub struct Settings {
     pub management_override: Option<String>,
     /// Autoscaler poll interval.
     pub autoscale_interval: Duration,
+    /// The namespace the operator runs in (its pod's), allowed through the brokers'
+    /// NetworkPolicies; `None` outside a cluster.
+    pub operator_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             concurrency: 16,
             management_override: None,
             autoscale_interval: Duration::from_secs(2),
+            operator_namespace: None,
         }
     }
 }
@@ -75,8 +80,13 @@ pub struct Caches {
     pub config_maps: Store<ConfigMap>,
     /// Broker volume claims.
     pub claims: Store<PersistentVolumeClaim>,
-    /// Broker Deployments.
+    /// Deployments with the operator's label: brokers of operator versions before the
+    /// StatefulSet (removed on upgrade).
     pub deployments: Store<Deployment>,
+    /// Broker StatefulSets.
+    pub stateful_sets: Store<StatefulSet>,
+    /// Broker NetworkPolicies.
+    pub network_policies: Store<NetworkPolicy>,
     /// Broker Services.
     pub services: Store<Service>,
     /// The ReplicaSets carrying the operator's `managed-by` label (the brokers', and sets

@@ -5,10 +5,11 @@
 //! unique queue names, an external broker without managed-broker fields). Each rule carries a
 //! message naming the field, so a bad object is refused at `kubectl apply` with that message.
 //! What only the operator can judge ends as a `False` condition in [`SwappoMessagingStatus`].
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Desired state of one messaging environment: the broker, its queues and their consumers.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -51,11 +52,12 @@ pub struct SwappoMessagingSpec {
     pub cleanup: CleanupSpec,
 }
 
-/// The broker. Without `external` the operator runs it (Deployment, PVC, ConfigMap, Service);
-/// with `external` it adopts a broker it does not run and only the managed fields are refused.
+/// The broker. Without `external` the operator runs it (StatefulSet, PVC, ConfigMap, Service,
+/// NetworkPolicy); with `external` it adopts a broker it does not run and only the managed
+/// fields are refused.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.external) || (!has(self.image) && !has(self.storage) && !has(self.resources))").message("spec.broker.external adopts a broker the operator does not run: remove spec.broker.image, storage and resources, or remove spec.broker.external"))]
+#[x_kube(validation = Rule::new("!has(self.external) || (!has(self.image) && !has(self.storage) && !has(self.resources) && !has(self.nodeSelector) && !has(self.tolerations) && !has(self.networkPolicy))").message("spec.broker.external adopts a broker the operator does not run: remove spec.broker.image, storage and resources (and nodeSelector, tolerations, networkPolicy), or remove spec.broker.external"))]
 #[x_kube(validation = Rule::new("!has(self.external) || has(self.credentialsSecret)").message("spec.broker.external needs spec.broker.credentialsSecret: the operator cannot create users on a broker it does not run"))]
 pub struct BrokerSpec {
     /// Broker image (default `rabbitmq:3.13-management-alpine`).
@@ -79,6 +81,51 @@ pub struct BrokerSpec {
     /// Adopt a broker the operator does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalBroker>,
+    /// Node labels the broker pod must match (the pod's `nodeSelector`), such as nodes
+    /// dedicated to stateful workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the broker pod tolerates (the pod's `tolerations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Who may reach the broker: a NetworkPolicy the operator ships (on by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// The broker's NetworkPolicy `<name>-rabbitmq`: AMQP (5672) from the pods of this namespace
+/// (or those `amqpClients` selects) and from the operator's namespace; management (15672) and
+/// Prometheus (15692) from the operator's namespace and `monitoringNamespace`. Nothing else
+/// reaches the broker pod. It takes effect only where the cluster's network plugin enforces
+/// NetworkPolicies.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Ship the NetworkPolicy (default true). `false` removes the one the operator made.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The pods of this namespace that may use AMQP (default: every pod of the namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp_clients: Option<LabelSelector>,
+    /// A namespace (its name) whose pods may scrape Prometheus metrics and read the
+    /// management API, such as the monitoring stack's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub monitoring_namespace: Option<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            amqp_clients: None,
+            monitoring_namespace: None,
+        }
+    }
 }
 
 /// The broker's data volume.

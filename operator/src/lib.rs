@@ -73,6 +73,7 @@ pub fn settings(config: &Config, identity: &str) -> Result<Settings> {
         concurrency: config.max_concurrent_reconciles,
         management_override: config.management_address_override.clone(),
         autoscale_interval: Duration::from_secs(config.autoscale_interval_seconds.max(1)),
+        operator_namespace: Some(config.lease_namespace.clone()),
     })
 }
 

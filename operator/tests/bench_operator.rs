@@ -1,7 +1,7 @@
 //! `make bench-operator` (ignored in `cargo test`): the operator at scale on the local control
 //! plane. For each count N (`BENCH_SCALES`, default `1 100 1000`), in a fresh namespace: N
 //! `SwappoMessaging` objects with a managed broker (the operator creates each one's Secret,
-//! ConfigMap, claim, Deployment and Service; kwok plays the kubelet on fake nodes added for the
+//! ConfigMap, claim, StatefulSet, NetworkPolicy and Service; kwok plays the kubelet on fake nodes added for the
 //! run, 100 broker pods per node) and one classic queue with dead-lettering each, declared on
 //! the local RabbitMQ (dialled through `--broker-address-override`, with one shared
 //! credentials Secret). The operator is the release binary (`SWAPPO_OPERATOR_BIN`), started
@@ -26,7 +26,7 @@ mod common;
 
 use common::*;
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Secret, Service,
 };
@@ -59,11 +59,13 @@ const REACTION_SAMPLES: usize = 20;
 /// Label on the volumes and nodes this benchmark adds (cluster-scoped: removed at the end).
 const BENCH_LABEL: &str = "swappo.dev/bench-operator";
 /// The kinds the operator reads, as the API server names them in `apiserver_request_total`.
-const READ_KINDS: [&str; 8] = [
+const READ_KINDS: [&str; 10] = [
     "swappomessagings",
     "secrets",
     "configmaps",
     "persistentvolumeclaims",
+    "statefulsets",
+    "networkpolicies",
     "deployments",
     "services",
     "replicasets",
@@ -230,7 +232,7 @@ async fn versions(ns: &TestNamespace) -> BTreeMap<String, String> {
     add!(Secret);
     add!(ConfigMap);
     add!(PersistentVolumeClaim);
-    add!(Deployment);
+    add!(StatefulSet);
     add!(Service);
     out
 }
@@ -854,11 +856,12 @@ fn report(all: &[Figures]) -> String {
     out.push_str("\n## Details\n\n");
     out.push_str(
         "Each row: N `SwappoMessaging` objects in one namespace, each with a managed broker \
-         (the operator creates its Secret, ConfigMap, claim, Deployment and Service; kwok plays \
+         (the operator creates its Secret, ConfigMap, claim, StatefulSet, NetworkPolicy and \
+         Service; kwok plays \
          the kubelet on fake nodes added for the run) and one classic queue with \
          dead-lettering, declared on the local RabbitMQ. The objects exist before the \
          operator (release build, default settings: 16 reconciles at once, recheck 60 s) \
-         starts; it watches that namespace only. `Ready` needs the broker Deployment \
+         starts; it watches that namespace only. `Ready` needs the broker StatefulSet's pod \
          available (controller-manager, scheduler and kwok at work), an AMQP login and the \
          queue declared. The objects name a user credentials Secret (`credentialsSecret`, \
          the local broker's login, so all of them dial one broker as one user: the operator \

@@ -5,10 +5,12 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -184,7 +186,7 @@ async fn bad_objects_are_refused_by_the_api_server_with_a_message_naming_the_fie
             serde_json::json!({"broker": {"image": "rabbitmq:3", "credentialsSecret": "c", "external": {"host": "h"}}}),
             &[
                 "spec.broker",
-                "remove spec.broker.image, storage and resources",
+                "remove spec.broker.image, storage and resources (and nodeSelector, tolerations, networkPolicy)",
             ],
         ),
         (
@@ -271,8 +273,9 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
 
     // Every owned object, with owner reference and labels.
     let secret_obj = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
-    let deployment = wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    let deployment = wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     let service = wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
+    let policy = wait_exists(&ns.api::<NetworkPolicy>(), "dev-rabbitmq").await;
     let config = wait_exists(&ns.api::<ConfigMap>(), "dev-rabbitmq-config").await;
     let claim = wait_exists(&ns.api::<PersistentVolumeClaim>(), "dev-rabbitmq-data").await;
     // The Secret and the claim are retained by default (whenDeleted: Retain): no owner.
@@ -282,6 +285,7 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
         &secret_obj.metadata,
         &deployment.metadata,
         &service.metadata,
+        &policy.metadata,
         &config.metadata,
         &claim.metadata,
     ];
@@ -325,10 +329,26 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
         format!("dev-rabbitmq.{}.svc", ns.name())
     );
     let spec = &deployment.spec;
+    assert_eq!(spec.replicas, Some(1));
     assert_eq!(
-        spec.strategy.as_ref().unwrap().type_.as_deref(),
-        Some("Recreate")
+        spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+        Some("RollingUpdate")
     );
+    // The policy as the API server stored it (no NetworkPolicy enforcement on this test
+    // bed: its content is what is checked): AMQP from the namespace's pods, and the
+    // management and Prometheus ports from no one else (the in-process operator has no
+    // namespace of its own).
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    let amqp = &rules[0];
+    assert_eq!(
+        amqp.ports.as_ref().unwrap()[0].port,
+        Some(IntOrString::Int(5672))
+    );
+    let from = amqp.from.as_ref().unwrap();
+    assert_eq!(from.len(), 1);
+    assert!(from[0].namespace_selector.is_none());
+    assert_eq!(from[0].pod_selector.as_ref().unwrap().match_labels, None);
+    assert_eq!(rules.len(), 1, "{rules:?}");
     let container = &spec.template.spec.as_ref().unwrap().containers[0];
     let readiness = container.readiness_probe.as_ref().unwrap();
     assert!(readiness.tcp_socket.is_some() && readiness.timeout_seconds == Some(5));
@@ -342,7 +362,7 @@ async fn a_valid_object_gets_its_broker_objects_running_under_restricted_and_bro
         .collect();
     assert_eq!(ports, [5672, 15672, 15692]);
 
-    // The pod passes `restricted` admission and runs (kwok); the Deployment becomes available.
+    // The pod passes `restricted` admission and runs (kwok); the StatefulSet's pod is Ready.
     let pods = ns.api::<Pod>();
     let running = eventually("a Running broker pod", WAIT, || async {
         let list = pods
@@ -512,14 +532,23 @@ async fn an_external_broker_with_wrong_credentials_is_not_ready_with_a_reason_th
     assert!(!refused.message.contains("certainly-not-the-password"));
     assert_eq!(ready_condition(&ns, "Ready").await.status, "False");
 
-    // No Deployment, PVC or ConfigMap for an external broker; the Secret points at it.
+    // No StatefulSet, PVC, ConfigMap or NetworkPolicy for an external broker; the Secret
+    // points at it.
     let own = wait_exists(&ns.api::<Secret>(), "dev-rabbitmq").await;
     assert_eq!(secret(&own, "host"), "127.0.0.1");
     assert_eq!(secret(&own, "username"), "swappo");
     assert!(secret_value(&own, "erlang-cookie").is_none());
     let managed = ListParams::default().labels(MANAGED_BY);
     assert!(
-        ns.api::<Deployment>()
+        ns.api::<StatefulSet>()
+            .list(&managed)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        ns.api::<NetworkPolicy>()
             .list(&managed)
             .await
             .unwrap()
@@ -579,7 +608,7 @@ async fn a_missing_credentials_secret_is_a_false_condition_not_a_crash() {
     assert_eq!(c.reason, "CredentialsSecretNotFound");
     assert!(c.message.contains("Secret nope"), "{}", c.message);
     // The rest is still in place (the broker waits for its Secret).
-    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     assert_eq!(
         operator.metric("swappo_operator_reconcile_errors_total"),
         0.0
@@ -636,7 +665,7 @@ async fn drift_is_repaired_a_deleted_service_and_edited_probes_come_back() {
     let operator = InProcess::start(&client, ns.name(), local_broker_settings());
     create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
     let services = ns.api::<Service>();
-    let deployments = ns.api::<Deployment>();
+    let deployments = ns.api::<StatefulSet>();
     let before = wait_exists(&services, "dev-rabbitmq").await;
     wait_exists(&deployments, "dev-rabbitmq").await;
 
@@ -780,7 +809,7 @@ fn with_retention(ns: &TestNamespace, policy: &str) -> SwappoMessaging {
     sm
 }
 
-/// Deletes `dev` (foreground) and waits until it and its Deployment, Service, ConfigMap and
+/// Deletes `dev` (foreground) and waits until it and its StatefulSet, Service, ConfigMap and
 /// pods are gone.
 async fn delete_and_wait(ns: &TestNamespace) {
     ns.api::<SwappoMessaging>()
@@ -789,7 +818,7 @@ async fn delete_and_wait(ns: &TestNamespace) {
         .unwrap();
     let managed = ListParams::default().labels(MANAGED_BY);
     let (d, s, c) = (
-        ns.api::<Deployment>(),
+        ns.api::<StatefulSet>(),
         ns.api::<Service>(),
         ns.api::<ConfigMap>(),
     );
@@ -830,7 +859,7 @@ async fn deleting_the_resource_with_when_deleted_delete_garbage_collects_everyth
     let operator = InProcess::start(&client, ns.name(), local_broker_settings());
     create(&ns, &with_retention(&ns, "Delete")).await;
     wait_exists(&ns.api::<Service>(), "dev-rabbitmq").await;
-    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     wait_exists(&ns.api::<PersistentVolumeClaim>(), "dev-rabbitmq-data").await;
     delete_and_wait(&ns).await;
     let managed = ListParams::default().labels(MANAGED_BY);
@@ -860,9 +889,9 @@ async fn with_retain_the_claim_and_secret_outlive_the_resource_and_a_new_one_ado
     let claim = wait_exists(&p, "dev-rabbitmq-data").await;
     assert!(before.metadata.owner_references.is_none());
     assert!(claim.metadata.owner_references.is_none());
-    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     delete_and_wait(&ns).await;
-    // The garbage collector has run (the Deployment is gone); the two are still there.
+    // The garbage collector has run (the StatefulSet is gone); the two are still there.
     let kept = sec.get("dev-rabbitmq").await.expect("the Secret is kept");
     let kept_claim = p.get("dev-rabbitmq-data").await.expect("the claim is kept");
     assert_eq!(kept.metadata.uid, before.metadata.uid);
@@ -870,7 +899,7 @@ async fn with_retain_the_claim_and_secret_outlive_the_resource_and_a_new_one_ado
 
     // Re-created with the same name: the same claim and the same login.
     create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
-    let deployment = wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    let deployment = wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     let volumes = deployment.spec.template.spec.unwrap().volumes.unwrap();
     assert!(volumes.iter().any(|v| {
         v.persistent_volume_claim
@@ -886,6 +915,110 @@ async fn with_retain_the_claim_and_secret_outlive_the_resource_and_a_new_one_ado
         p.get("dev-rabbitmq-data").await.unwrap().metadata.uid,
         claim.metadata.uid
     );
+    operator.stop().await;
+}
+
+#[tokio::test]
+async fn an_earlier_versions_broker_deployment_and_its_pods_are_gone_before_the_stateful_set_exists()
+ {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-upgrade-").await;
+    let _volume = BoundVolume::new(&client, ns.name(), "dev-rabbitmq-data").await;
+    // The broker as the previous operator version left it: a Deployment `dev-rabbitmq`
+    // with the operator's labels and the broker's selector, its pod running (kwok), with a
+    // grace period so its deletion takes a while.
+    let labels = serde_json::json!({
+        "app.kubernetes.io/name": "rabbitmq", "app.kubernetes.io/instance": "dev",
+        "app.kubernetes.io/component": "broker", "app.kubernetes.io/managed-by": "swappo-operator",
+    });
+    let selector = serde_json::json!({
+        "app.kubernetes.io/name": "rabbitmq", "app.kubernetes.io/instance": "dev",
+        "app.kubernetes.io/component": "broker",
+    });
+    let legacy: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "dev-rabbitmq", "labels": labels},
+        "spec": {
+            "replicas": 1, "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "rabbitmq", "image": "rabbitmq:3.10"}]}}
+        }
+    }))
+    .unwrap();
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .create(&PostParams::default(), &legacy)
+        .await
+        .unwrap();
+    let pods = ns.api::<Pod>();
+    let broker_pods = ListParams::default().labels("app.kubernetes.io/instance=dev");
+    eventually("the old broker pod Running", WAIT, || async {
+        let list = pods.list(&broker_pods).await.ok()?.items;
+        list.iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let sets = ns.api::<StatefulSet>();
+    // Sampled until the StatefulSet exists: at every sample before, the old pod may still
+    // be there; at the first sample where the StatefulSet is, the old Deployment and every
+    // pod not run by a StatefulSet must already be gone.
+    let leftover = eventually("the broker StatefulSet", WAIT, || async {
+        let set = sets.get_opt("dev-rabbitmq").await.ok()??;
+        let old = deployments.get_opt("dev-rabbitmq").await.ok()?;
+        let foreign: Vec<String> = pods
+            .list(&broker_pods)
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|p| {
+                !p.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "StatefulSet" && o.uid == set.uid().unwrap_or_default())
+            })
+            .map(|p| p.name_any())
+            .collect();
+        Some((old.map(|d| d.name_any()), foreign))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        leftover,
+        (None, Vec::<String>::new()),
+        "left when the StatefulSet was created"
+    );
+    let deleted = eventually("the LegacyBrokerDeleted Event", WAIT, || async {
+        let events = ns.api::<Event>().list(&ListParams::default()).await.ok()?;
+        events
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("LegacyBrokerDeleted"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        deleted
+            .note
+            .unwrap_or_default()
+            .contains("Deployment dev-rabbitmq"),
+        "the Event names the old Deployment"
+    );
+    // The StatefulSet's pod runs on the same claim.
+    eventually("the StatefulSet's pod Ready", WAIT, || async {
+        let s = sets.get("dev-rabbitmq").await.ok()?.status?;
+        (s.ready_replicas == Some(1)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     operator.stop().await;
 }
 
@@ -905,7 +1038,8 @@ async fn versions(ns: &TestNamespace) -> Vec<(String, String)> {
             }
         };
     }
-    add!(Deployment);
+    add!(StatefulSet);
+    add!(NetworkPolicy);
     add!(Service);
     add!(ConfigMap);
     add!(Secret);
@@ -953,8 +1087,8 @@ async fn nothing_is_written_over_thirty_seconds_of_steady_state() {
     let after = versions(&ns).await;
     assert_eq!(
         before.len(),
-        6,
-        "the resource and its five objects: {before:?}"
+        7,
+        "the resource and its six objects: {before:?}"
     );
     assert_eq!(after, before, "resourceVersions changed in a steady state");
     if operator.metric("swappo_operator_api_writes_total") != writes_before {
@@ -1222,7 +1356,7 @@ async fn a_leader_that_finds_its_lease_taken_stops_and_exits_with_an_error() {
 }
 
 /// The namespaced permissions the operator needs (the chart grants the same, cluster-wide).
-fn operator_rules(with_deployments: bool) -> serde_json::Value {
+fn operator_rules(with_stateful_sets: bool) -> serde_json::Value {
     let rw = ["get", "list", "watch", "create", "patch", "update"];
     let mut rules = vec![
         serde_json::json!({"apiGroups": ["swappo.io"], "resources": ["swappomessagings"], "verbs": ["get", "list", "watch"]}),
@@ -1231,12 +1365,14 @@ fn operator_rules(with_deployments: bool) -> serde_json::Value {
         serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
         serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}),
     ];
-    let apps_verbs: &[&str] = if with_deployments {
+    let apps_verbs: &[&str] = if with_stateful_sets {
         &rw
     } else {
         &["get", "list", "watch"]
     };
-    rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": apps_verbs}));
+    rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": apps_verbs}));
+    rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "delete"]}));
+    rules.push(serde_json::json!({"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]}));
     rules.push(serde_json::json!({"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch", "delete"]}));
     rules.push(
         serde_json::json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}),
@@ -1246,10 +1382,10 @@ fn operator_rules(with_deployments: bool) -> serde_json::Value {
     serde_json::Value::Array(rules)
 }
 
-async fn grant(ns: &TestNamespace, with_deployments: bool) {
+async fn grant(ns: &TestNamespace, with_stateful_sets: bool) {
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let role: Role = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "swappo-operator"}, "rules": operator_rules(with_deployments)
+        "metadata": {"name": "swappo-operator"}, "rules": operator_rules(with_stateful_sets)
     }))
     .unwrap();
     let binding: RoleBinding = serde_json::from_value(serde_json::json!({
@@ -1281,7 +1417,7 @@ async fn a_missing_permission_is_a_warning_event_and_the_documented_rbac_is_enou
     let operator = InProcess::start(&operator_client, ns.name(), local_broker_settings());
     let sm = create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
 
-    // Without the right to write Deployments: a Warning Event naming the refusal, counted.
+    // Without the right to write StatefulSets: a Warning Event naming the refusal, counted.
     let failed = eventually("a ReconcileFailed Warning", WAIT, || async {
         let events = ns
             .api::<Event>()
@@ -1299,7 +1435,7 @@ async fn a_missing_permission_is_a_warning_event_and_the_documented_rbac_is_enou
     assert_eq!(failed.type_.as_deref(), Some("Warning"));
     let note = failed.note.unwrap_or_default();
     assert!(
-        note.contains("apply Deployment dev-rabbitmq") && note.contains("forbidden"),
+        note.contains("apply StatefulSet dev-rabbitmq") && note.contains("forbidden"),
         "{note}"
     );
     assert!(
@@ -1311,7 +1447,7 @@ async fn a_missing_permission_is_a_warning_event_and_the_documented_rbac_is_enou
 
     // With the documented rules, the next retry (backoff from 5 s) gets through.
     grant(&ns, true).await;
-    wait_exists(&ns.api::<Deployment>(), "dev-rabbitmq").await;
+    wait_exists(&ns.api::<StatefulSet>(), "dev-rabbitmq").await;
     wait_condition(&ns, "dev", "BrokerReady", "False").await;
     operator.stop().await;
 }

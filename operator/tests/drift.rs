@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceRequirements, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -71,11 +71,11 @@ async fn quantities_the_api_server_rewrites_and_another_owner_reference_are_not_
         .await
         .unwrap();
     let deployment = wait_for(
-        &ns.api::<Deployment>(),
+        &ns.api::<StatefulSet>(),
         "dev-rabbitmq",
-        "the broker Deployment",
+        "the broker StatefulSet",
         WAIT,
-        |d: Option<&Deployment>| d.is_some(),
+        |d: Option<&StatefulSet>| d.is_some(),
     )
     .await
     .unwrap()
@@ -125,7 +125,7 @@ async fn quantities_the_api_server_rewrites_and_another_owner_reference_are_not_
     // Settled: one complete reconcile after the change, then count over five more.
     reconciles(&operator, 1.0).await;
     let (deployments, services) = (
-        writes(&operator, "Deployment"),
+        writes(&operator, "StatefulSet"),
         writes(&operator, "Service"),
     );
     reconciles(&operator, 5.0).await;
@@ -141,7 +141,7 @@ async fn quantities_the_api_server_rewrites_and_another_owner_reference_are_not_
         .collect();
     assert_eq!(
         (
-            writes(&operator, "Deployment"),
+            writes(&operator, "StatefulSet"),
             writes(&operator, "Service")
         ),
         (deployments, services),

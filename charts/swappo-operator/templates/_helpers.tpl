@@ -91,11 +91,16 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create"]
-# The broker Deployment (server-side apply, as above, watched and cached); the autoscaler reads
-# consumer Deployments and the ReplicaSet clean-up reads the managed ones by name.
+# The broker StatefulSet (server-side apply, as above, watched and cached).
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# The autoscaler reads consumer Deployments and the ReplicaSet clean-up reads them by name;
+# `delete` only removes the broker Deployment of an operator version before the StatefulSet
+# (labelled as the operator's, deleted before the StatefulSet starts on its volume).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "delete"]
 # The autoscaler changes consumer replicas only through the scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
@@ -112,10 +117,16 @@ that uses it. Nothing here reaches beyond those namespaces: no Namespace, Node o
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["list", "watch", "delete"]
-# ... judging a rollout by its pods' readiness (read only).
+# ... judging a rollout by its pods' readiness, and waiting for an earlier version's broker pods
+# to be gone before the StatefulSet starts (read only).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# The broker's NetworkPolicy (server-side apply, watched and cached); deleted when
+# spec.broker.networkPolicy.enabled is false.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on the SwappoMessaging (the recorder creates, then patches a series).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

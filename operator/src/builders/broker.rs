@@ -1,11 +1,11 @@
-//! The broker the operator runs (DESIGN §4): ConfigMap, PVC, Deployment and Service.
-use super::secret::key;
+//! The broker the operator runs (DESIGN §4): ConfigMap, PVC, StatefulSet and Service.
+use super::secret::{Credentials, key};
 use super::{Names, labels, object_meta, retained_object_meta, selector_labels};
 use crate::crd::{AMQP_PORT, MANAGEMENT_PORT, PROMETHEUS_PORT, SwappoMessaging};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    EnvVar, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    EnvVar, HostAlias, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
@@ -27,7 +27,7 @@ pub const DEFAULT_STORAGE: &str = "1Gi";
 /// package laid out like the official image) creates its user with the same id. An image with another uid needs its own
 /// security context (not configurable yet).
 const RABBITMQ_UID: i64 = 999;
-/// Old ReplicaSets kept for rollback; the stale-ReplicaSet clean-up handles the rest.
+/// Old revisions (ControllerRevisions) of the StatefulSet kept for rollback.
 const REVISION_HISTORY_LIMIT: i32 = 3;
 /// Seconds RabbitMQ gets to stop: it syncs queue indexes and closes connections cleanly on
 /// SIGTERM, which takes a few seconds on a small node and longer with a large backlog.
@@ -35,6 +35,12 @@ const TERMINATION_GRACE_SECONDS: i64 = 120;
 /// Annotation on the pod template holding a hash of the broker configuration, so a config
 /// change rolls the broker (it reads `rabbitmq.conf` only at boot).
 pub const CONFIG_HASH_ANNOTATION: &str = "swappo.io/config-hash";
+/// Annotation on the pod template holding a keyed hash of the broker's credentials
+/// ([`Credentials::fingerprint`], never the credentials), so a re-created Secret restarts the
+/// broker, which imports its user at boot (see [`DEFINITIONS_FILE`]).
+pub const CREDENTIALS_HASH_ANNOTATION: &str = "swappo.io/credentials-hash";
+/// Where the broker reads its definitions (the user from the Secret) at every boot.
+pub const DEFINITIONS_FILE: &str = "/etc/rabbitmq/conf.d/definitions.json";
 
 const CONF_DIR: &str = "/etc/rabbitmq/conf.d";
 const PLUGINS_DIR: &str = "/etc/rabbitmq/swappo";
@@ -52,7 +58,10 @@ pub fn rabbitmq_conf(sm: &SwappoMessaging) -> String {
          # The guest user may only log in from localhost (never over the network).\n\
          loopback_users.guest = true\n\
          log.console = true\n\
-         log.console.level = info\n",
+         log.console.level = info\n\
+         # The user from the credentials Secret, imported at every boot (created, or its\n\
+         # password set): a re-created Secret never locks clients out of an existing database.\n\
+         load_definitions = {DEFINITIONS_FILE}\n",
         sm.metadata.name.as_deref().unwrap_or_default()
     );
     match memory_limit_bytes(&resources(sm)) {
@@ -292,20 +301,21 @@ fn pod_security_context() -> PodSecurityContext {
     }
 }
 
-/// The broker pod's fixed hostname: `<name>-rabbitmq` (at most 49 characters, a DNS label).
+/// The broker's fixed host name: `<name>-rabbitmq` (at most 49 characters, a DNS label).
 ///
-/// RabbitMQ names its node `rabbit@<hostname>` and keeps its database in
-/// `/var/lib/rabbitmq/mnesia/rabbit@<hostname>`. A Deployment's pod is named
-/// `<deployment>-<replicaset hash>-<random>`, so without a fixed hostname every new pod
-/// (rollout, eviction, drain, `kubectl delete pod`) started an empty database beside the old
-/// one: its queues and messages were gone (issue 19, measured: 200 of 200 persistent messages
-/// lost). `spec.hostname` pins the name, and `RABBITMQ_NODENAME` says it explicitly so the
-/// image's own default can never differ. The kubelet writes `<pod IP> <hostname>` into the
-/// pod's managed `/etc/hosts`, so the short name resolves inside the pod without DNS, which
-/// is all a single node needs (epmd and the CLI tools dial `rabbit@<hostname>` locally; no
-/// other node ever dials it, hence no headless Service, `subdomain` or long names).
+/// RabbitMQ names its node `rabbit@<host>` and keeps its database in
+/// `/var/lib/rabbitmq/mnesia/rabbit@<host>`. Left to the pod, the host is the pod's name:
+/// random for a Deployment's pod, so every new pod (rollout, eviction, drain, `kubectl delete
+/// pod`) started an empty database beside the old one and its queues and messages were gone
+/// (issue 19, measured: 200 of 200 persistent messages lost); `<sts>-0` for a StatefulSet's,
+/// stable but tied to the workload's name and kind. `RABBITMQ_NODENAME` pins the node name
+/// instead, so the database directory depends on the resource's name only (the same as the
+/// earlier Deployment-based broker's, whose pod `hostname` was this name: an upgrade opens
+/// the same directory). The name resolves to 127.0.0.1 through a `hostAliases` entry in the
+/// pod's `/etc/hosts`, which is all a single node needs: epmd and the CLI tools dial
+/// `rabbit@<host>` locally, and no other node ever dials it (hence no headless Service).
 pub fn node_hostname(sm: &SwappoMessaging) -> String {
-    Names::of(sm).deployment
+    Names::of(sm).stateful_set
 }
 
 /// `RABBITMQ_NODENAME` of the broker: `rabbit@` + [`node_hostname`].
@@ -320,10 +330,54 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-/// The broker Deployment: one replica, `strategy: Recreate` (the volume is ReadWriteOnce:
-/// a rolling update would start the new pod while the old one holds the volume, and leave
-/// two ReplicaSets live), the probes above, a restricted security context.
-pub fn deployment(sm: &SwappoMessaging) -> Deployment {
+/// The broker StatefulSet: one replica of [`pod_template`], on the operator's own claim.
+///
+/// A StatefulSet, not a Deployment, because it guarantees at most one broker process per
+/// volume whatever removes the pod: its pod has a fixed name (`<name>-rabbitmq-0`), and the
+/// controller creates the replacement only once the old pod object is gone, which the kubelet
+/// allows only after the old containers have stopped. A Deployment's ReplicaSet starts the
+/// replacement of a deleted or evicted pod at once (measured: about 1 s later, both brokers
+/// on one volume for about 5 s; `strategy: Recreate` covers rollouts only). This is why the
+/// RabbitMQ cluster-operator uses one even for a single node. The guarantee ends where
+/// Kubernetes' does: `kubectl delete pod --force --grace-period=0` removes the object before
+/// the containers stop.
+///
+/// The claim is the operator's (see [`pvc`]) and referenced from the pod template rather than
+/// made from `volumeClaimTemplates`: those are immutable (a new size or class would mean
+/// deleting the StatefulSet), their claims are named `<template>-<pod>`, so a broker upgraded
+/// from the Deployment would not find its data, and `persistentVolumeClaimRetentionPolicy`
+/// keeps only the claim, while a retained volume needs its credentials Secret too
+/// (`spec.broker.storage.whenDeleted`). `credentials` (the operator's Secret's) set the
+/// pod template's [`CREDENTIALS_HASH_ANNOTATION`], so new credentials restart the broker,
+/// which imports its user at boot.
+pub fn stateful_set(sm: &SwappoMessaging, credentials: Option<&Credentials>) -> StatefulSet {
+    let names = Names::of(sm);
+    StatefulSet {
+        metadata: object_meta(sm, &names.stateful_set),
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(sm)),
+                ..LabelSelector::default()
+            },
+            // Replaces the pod only after the old one is gone (one replica: no partition).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            pod_management_policy: Some("OrderedReady".into()),
+            template: pod_template(sm, credentials),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+/// The broker's pod template: the RabbitMQ container with the probes above, the config,
+/// the credentials and the cookie mounted, a restricted security context, the pinned node
+/// name ([`node_hostname`]) and the spec's placement (`nodeSelector`, `tolerations`).
+pub fn pod_template(sm: &SwappoMessaging, credentials: Option<&Credentials>) -> PodTemplateSpec {
     let names = Names::of(sm);
     let image = sm
         .spec
@@ -442,7 +496,10 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
                             name: names.secret.clone(),
                             // Not a `*.conf`: conf.d loads only those; the path is
                             // given by RABBITMQ_ADVANCED_CONFIG_FILE below.
-                            items: Some(vec![item(key::ADVANCED_CONFIG, "advanced.config")]),
+                            items: Some(vec![
+                                item(key::ADVANCED_CONFIG, "advanced.config"),
+                                item(key::DEFINITIONS, "definitions.json"),
+                            ]),
                             ..SecretProjection::default()
                         }),
                         ..VolumeProjection::default()
@@ -471,42 +528,34 @@ pub fn deployment(sm: &SwappoMessaging) -> Deployment {
             ..Volume::default()
         },
     ];
-    Deployment {
-        metadata: object_meta(sm, &names.deployment),
-        spec: DeploymentSpec {
-            replicas: Some(1),
-            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(sm)),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..DeploymentStrategy::default()
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(sm)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        format!("{config_hash:016x}"),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    hostname: Some(node_hostname(sm)),
-                    init_containers: Some(vec![cookie_init]),
-                    containers: vec![broker],
-                    volumes: Some(volumes),
-                    security_context: Some(pod_security_context()),
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
+    let mut annotations = BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        format!("{config_hash:016x}"),
+    )]);
+    if let Some(fingerprint) = credentials.and_then(Credentials::fingerprint) {
+        annotations.insert(CREDENTIALS_HASH_ANNOTATION.to_owned(), fingerprint);
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(sm)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            host_aliases: Some(vec![HostAlias {
+                ip: "127.0.0.1".into(),
+                hostnames: Some(vec![node_hostname(sm)]),
+            }]),
+            init_containers: Some(vec![cookie_init]),
+            containers: vec![broker],
+            volumes: Some(volumes),
+            security_context: Some(pod_security_context()),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            automount_service_account_token: Some(false),
+            node_selector: sm.spec.broker.node_selector.clone(),
+            tolerations: sm.spec.broker.tolerations.clone(),
+            ..PodSpec::default()
+        }),
     }
 }
 
@@ -515,35 +564,140 @@ mod tests {
     use super::*;
     use crate::fixtures::TestExt;
 
-    fn pod_spec(d: &Deployment) -> &PodSpec {
+    fn deployment(sm: &SwappoMessaging) -> StatefulSet {
+        stateful_set(sm, None)
+    }
+
+    fn pod_spec(d: &StatefulSet) -> &PodSpec {
         d.spec.template.spec.as_ref().unwrap()
     }
 
-    #[test]
-    fn the_broker_deployment_recreates_instead_of_rolling() {
-        let d = deployment(&SwappoMessaging::test());
-        let spec = &d.spec;
-        assert_eq!(spec.replicas, Some(1));
-        assert_eq!(
-            spec.strategy.as_ref().unwrap().type_.as_deref(),
-            Some("Recreate")
-        );
-        assert!(spec.revision_history_limit.unwrap() <= 3);
-        assert_eq!(
-            spec.selector.match_labels.as_ref(),
-            Some(&selector_labels(&SwappoMessaging::test()))
-        );
+    fn annotations(d: &StatefulSet) -> BTreeMap<String, String> {
+        let template = &d.spec.template;
+        template.metadata.clone().unwrap().annotations.unwrap()
     }
 
     #[test]
-    fn the_broker_node_name_and_hostname_are_fixed_so_a_new_pod_opens_the_same_database() {
+    fn the_broker_is_one_stateful_set_pod_on_the_operators_own_claim() {
+        let sm = SwappoMessaging::test();
+        let set = deployment(&sm);
+        assert_eq!(set.metadata.name.as_deref(), Some("test-rabbitmq"));
+        let spec = &set.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+            Some("RollingUpdate")
+        );
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("OrderedReady"));
+        assert!(spec.revision_history_limit.unwrap() <= 3);
+        assert_eq!(
+            spec.selector.match_labels.as_ref(),
+            Some(&selector_labels(&sm))
+        );
+        // The operator's claim (kept by its retention policy), not a claim template.
+        assert!(spec.volume_claim_templates.is_none());
+        assert!(spec.persistent_volume_claim_retention_policy.is_none());
+        let claim = pod_spec(&set)
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.persistent_volume_claim.as_ref())
+            .unwrap();
+        assert_eq!(claim.claim_name, pvc(&sm).metadata.name.unwrap());
+    }
+
+    #[test]
+    fn placement_comes_from_the_spec() {
+        use k8s_openapi::api::core::v1::Toleration;
+        let mut sm = SwappoMessaging::test();
+        assert!(pod_spec(&deployment(&sm)).node_selector.is_none());
+        let selector = BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]);
+        let toleration = Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        };
+        sm.spec.broker.node_selector = Some(selector.clone());
+        sm.spec.broker.tolerations = Some(vec![toleration.clone()]);
+        let set = deployment(&sm);
+        let pod = pod_spec(&set);
+        assert_eq!(pod.node_selector, Some(selector));
+        assert_eq!(pod.tolerations, Some(vec![toleration]));
+    }
+
+    #[test]
+    fn new_credentials_change_the_pod_template_but_the_template_holds_no_secret() {
+        use rand::SeedableRng;
+        let sm = SwappoMessaging::test();
+        let rng = |seed| Credentials::generate(&mut rand::rngs::StdRng::seed_from_u64(seed), true);
+        let (a, b) = (rng(1), rng(2));
+        let with_a = stateful_set(&sm, Some(&a));
+        assert_eq!(
+            annotations(&with_a)[CREDENTIALS_HASH_ANNOTATION],
+            a.fingerprint().unwrap()
+        );
+        assert_eq!(
+            annotations(&stateful_set(&sm, Some(&a))),
+            annotations(&with_a)
+        );
+        assert_ne!(
+            annotations(&stateful_set(&sm, Some(&b)))[CREDENTIALS_HASH_ANNOTATION],
+            annotations(&with_a)[CREDENTIALS_HASH_ANNOTATION]
+        );
+        let text = serde_json::to_string(&with_a).unwrap();
+        assert!(!text.contains(&a.password) && !text.contains(a.erlang_cookie.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn the_broker_imports_its_user_from_the_secret_at_every_boot() {
+        let sm = SwappoMessaging::test();
+        let conf = rabbitmq_conf(&sm);
+        assert!(
+            conf.contains(&format!("\nload_definitions = {DEFINITIONS_FILE}\n")),
+            "{conf}"
+        );
+        let set = deployment(&sm);
+        let projected = pod_spec(&set)
+            .volumes
+            .iter()
+            .flatten()
+            .find_map(|v| v.projected.as_ref())
+            .unwrap();
+        let secret = projected.sources.as_ref().unwrap()[1]
+            .secret
+            .as_ref()
+            .unwrap();
+        let items: Vec<(&str, &str)> = secret
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert!(items.contains(&(key::DEFINITIONS, "definitions.json")));
+        let mount = &pod_spec(&set).containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "config")
+            .unwrap()
+            .mount_path;
+        assert_eq!(format!("{mount}/definitions.json"), DEFINITIONS_FILE);
+    }
+
+    #[test]
+    fn the_broker_node_name_is_fixed_and_resolves_locally_so_a_new_pod_opens_the_same_database() {
         let sm = SwappoMessaging::test();
         let d = deployment(&sm);
         let pod = pod_spec(&d);
-        assert_eq!(pod.hostname.as_deref(), Some("test-rabbitmq"));
-        // Not the pod's generated name: no pod name is known when the template is built,
-        // and the template is the same for every pod of every ReplicaSet.
-        assert!(pod.subdomain.is_none() && pod.host_network != Some(true));
+        // Not the pod's name (`test-rabbitmq-0`, set by the StatefulSet): the name of the
+        // resource, as the earlier Deployment-based broker's hostname was.
+        let aliases = pod.host_aliases.as_ref().unwrap();
+        assert_eq!(aliases[0].ip, "127.0.0.1");
+        assert_eq!(aliases[0].hostnames, Some(vec!["test-rabbitmq".to_owned()]));
+        assert!(
+            pod.hostname.is_none() && pod.subdomain.is_none() && pod.host_network != Some(true)
+        );
         let env = pod.containers[0].env.as_ref().unwrap();
         let nodename = env
             .iter()
@@ -660,17 +814,7 @@ mod tests {
             ..ResourceRequirements::default()
         });
         let b = deployment(&sm);
-        let hash = |d: &Deployment| {
-            d.spec
-                .template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[CONFIG_HASH_ANNOTATION]
-                .clone()
-        };
+        let hash = |d: &StatefulSet| annotations(d)[CONFIG_HASH_ANNOTATION].clone();
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a), hash(&deployment(&SwappoMessaging::test())));
     }

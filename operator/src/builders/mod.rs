@@ -9,6 +9,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 pub mod broker;
+pub mod network_policy;
 pub mod secret;
 
 /// The field manager of every server-side apply, and the `managed-by` label value.
@@ -46,10 +47,15 @@ pub struct Names {
     pub config_map: String,
     /// PersistentVolumeClaim `<name>-rabbitmq-data`.
     pub pvc: String,
-    /// Deployment `<name>-rabbitmq`.
-    pub deployment: String,
+    /// StatefulSet `<name>-rabbitmq`: the broker.
+    pub stateful_set: String,
+    /// Deployment `<name>-rabbitmq`: the broker as operator versions before the StatefulSet
+    /// ran it, deleted (with its pods) before the StatefulSet starts on the same volume.
+    pub legacy_deployment: String,
     /// Service `<name>-rabbitmq`.
     pub service: String,
+    /// NetworkPolicy `<name>-rabbitmq`.
+    pub network_policy: String,
 }
 
 impl Names {
@@ -60,8 +66,10 @@ impl Names {
             secret: base.clone(),
             config_map: format!("{base}-config"),
             pvc: format!("{base}-data"),
-            deployment: base.clone(),
-            service: base,
+            stateful_set: base.clone(),
+            legacy_deployment: base.clone(),
+            service: base.clone(),
+            network_policy: base,
         }
     }
 
@@ -72,7 +80,7 @@ impl Names {
 }
 
 /// The selector labels of the broker's pods (a subset of [`labels`]; immutable once a
-/// Deployment exists, so they never change).
+/// StatefulSet exists, so they never change; the same as the earlier broker Deployment's).
 pub fn selector_labels(sm: &SwappoMessaging) -> BTreeMap<String, String> {
     BTreeMap::from([
         (label::NAME.to_owned(), APP_NAME.to_owned()),
@@ -166,8 +174,10 @@ mod tests {
         assert_eq!(names.secret, "prod-rabbitmq");
         assert_eq!(names.config_map, "prod-rabbitmq-config");
         assert_eq!(names.pvc, "prod-rabbitmq-data");
-        assert_eq!(names.deployment, "prod-rabbitmq");
+        assert_eq!(names.stateful_set, "prod-rabbitmq");
+        assert_eq!(names.legacy_deployment, "prod-rabbitmq");
         assert_eq!(names.service, "prod-rabbitmq");
+        assert_eq!(names.network_policy, "prod-rabbitmq");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod key {
     pub const ERLANG_COOKIE: &str = "erlang-cookie";
     /// `default_user`/`default_pass` of a managed broker, as an Erlang `advanced.config`.
     pub const ADVANCED_CONFIG: &str = "advanced.config";
+    /// The user of a managed broker as RabbitMQ definitions, imported at every boot.
+    pub const DEFINITIONS: &str = "definitions.json";
 }
 
 /// What is percent-encoded in a URI's user information: everything but RFC 3986's unreserved
@@ -73,6 +75,26 @@ pub fn advanced_config(username: &str, password: &str) -> String {
         binary(username),
         binary(password)
     )
+}
+
+/// The broker's user as RabbitMQ definitions (JSON): the user with its password, tagged
+/// `administrator` (the operator and the autoscaler read the management API), the default
+/// virtual host `/` and full permissions there. The broker imports them at every boot
+/// (`load_definitions`): the user is created, or its password set, so a Secret re-created
+/// with new credentials works after the restart its new [`Credentials::fingerprint`] causes,
+/// on a database that already holds the old user. RabbitMQ hashes the `password` itself when
+/// importing (`password_hash` is the other form). Definitions never remove a user: the old
+/// one stays until deleted (`rabbitmqctl delete_user`).
+pub fn definitions(username: &str, password: &str) -> String {
+    let doc = serde_json::json!({
+        "users": [{"name": username, "password": password, "tags": ["administrator"]}],
+        "vhosts": [{"name": "/"}],
+        "permissions": [{
+            "user": username, "vhost": "/",
+            "configure": ".*", "write": ".*", "read": ".*",
+        }],
+    });
+    format!("{doc:#}\n")
 }
 
 /// Length of a generated password: 32 alphanumerics from a CSPRNG, about 190 bits
@@ -142,6 +164,25 @@ impl Credentials {
             password,
             erlang_cookie,
         })
+    }
+
+    /// A fingerprint of these credentials for a pod template annotation, so new credentials
+    /// restart the broker: HMAC-SHA256 of the user name and password keyed by the Erlang
+    /// cookie, hex. Keyed because a plain hash of a user-given weak password could be guessed
+    /// offline by anyone who reads the StatefulSet; the cookie is 32 random letters kept in the
+    /// Secret. `None` without a cookie (an external broker: nothing to restart).
+    pub fn fingerprint(&self) -> Option<String> {
+        use hmac::{Hmac, Mac};
+        let cookie = self.erlang_cookie.as_ref()?;
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(cookie.as_bytes()).expect("HMAC takes any key");
+        // Lengths first, so no two different pairs make the same message.
+        for part in [&self.username, &self.password] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        let tag = mac.finalize().into_bytes();
+        Some(tag.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Takes `existing`'s credentials when complete, otherwise generates new ones.
@@ -245,6 +286,7 @@ pub fn credentials_secret(
     if let Some(cookie) = erlang_cookie {
         data.insert(key::ERLANG_COOKIE, cookie.clone());
         data.insert(key::ADVANCED_CONFIG, advanced_config(username, password));
+        data.insert(key::DEFINITIONS, definitions(username, password));
     }
     Secret {
         // Kept with a retained volume: a database whose user's password is lost is useless.
@@ -331,6 +373,56 @@ mod tests {
             value(&secret, "advanced.config"),
             advanced_config(&c.username, &c.password)
         );
+        assert_eq!(
+            value(&secret, "definitions.json"),
+            definitions(&c.username, &c.password)
+        );
+    }
+
+    #[test]
+    fn the_definitions_carry_the_user_its_password_and_full_rights_on_the_default_vhost() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&definitions("ops:t@x", AWKWARD)).unwrap();
+        assert_eq!(doc["users"][0]["name"], "ops:t@x");
+        assert_eq!(doc["users"][0]["password"], AWKWARD);
+        assert_eq!(
+            doc["users"][0]["tags"],
+            serde_json::json!(["administrator"])
+        );
+        assert_eq!(doc["vhosts"], serde_json::json!([{"name": "/"}]));
+        let p = &doc["permissions"][0];
+        assert_eq!(
+            (&p["user"], &p["vhost"]),
+            (&doc["users"][0]["name"], &"/".into())
+        );
+        assert_eq!(
+            (&p["configure"], &p["write"], &p["read"]),
+            (&".*".into(), &".*".into(), &".*".into())
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_credentials_and_reveals_neither() {
+        let c = creds();
+        let fp = c.fingerprint().unwrap();
+        assert_eq!(fp.len(), 64);
+        assert!(!fp.contains(&c.password) && !fp.contains(&c.username));
+        assert_eq!(c.fingerprint(), creds().fingerprint(), "stable");
+        let other_password = Credentials {
+            password: "other".into(),
+            ..creds()
+        };
+        let other_cookie = Credentials {
+            erlang_cookie: Some("OTHER".into()),
+            ..creds()
+        };
+        assert_ne!(other_password.fingerprint().unwrap(), fp);
+        assert_ne!(other_cookie.fingerprint().unwrap(), fp);
+        let external = Credentials {
+            erlang_cookie: None,
+            ..creds()
+        };
+        assert_eq!(external.fingerprint(), None);
     }
 
     #[test]
@@ -366,6 +458,7 @@ mod tests {
         assert!(value(&secret, "uri").starts_with("amqps://"));
         assert!(secret_value(&secret, "erlang-cookie").is_none());
         assert!(secret_value(&secret, "advanced.config").is_none());
+        assert!(secret_value(&secret, "definitions.json").is_none());
     }
 
     /// A password with every character that has a meaning in a URI or in `rabbitmq.conf`.

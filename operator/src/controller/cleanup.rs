@@ -4,9 +4,11 @@
 //! stale ReplicaSet (with a precondition on its UID, so a set recreated
 //! under the same name is never hit), publish an Event per deletion and count it by reason.
 //!
-//! The Deployments judged are the ones this instance manages or scales: the broker Deployment
-//! (when the broker is managed) and every `spec.consumers[].deployment`.
-use crate::builders::{MANAGER, Names, label};
+//! The Deployments judged are the ones this instance scales: every
+//! `spec.consumers[].deployment` (the broker is a StatefulSet, which has no ReplicaSets; the
+//! ReplicaSets of a broker Deployment of an earlier version go with it, or, left without it,
+//! as case (b): they carry the instance's labels).
+use crate::builders::{MANAGER, label};
 use crate::context::{Caches, Context};
 use crate::crd::SwappoMessaging;
 use crate::decisions::replicasets::{
@@ -35,18 +37,13 @@ pub fn instance_labels(sm: &SwappoMessaging) -> BTreeMap<String, String> {
     ])
 }
 
-/// Names of the Deployments `sm` manages or scales, in its namespace.
+/// Names of the Deployments `sm` scales, in its namespace.
 pub fn managed_deployment_names(sm: &SwappoMessaging) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = sm
-        .spec
+    sm.spec
         .consumers
         .iter()
         .map(|c| c.deployment.clone())
-        .collect();
-    if sm.is_managed() {
-        names.insert(Names::of(sm).deployment);
-    }
-    names
+        .collect()
 }
 
 /// One deletion done, for the caller to report.
@@ -332,12 +329,12 @@ mod tests {
     use crate::fixtures::TestExt;
 
     #[test]
-    fn managed_deployments_are_the_broker_and_every_consumer() {
+    fn managed_deployments_are_the_consumers_not_the_broker_stateful_set() {
         let sm = SwappoMessaging::new_in("dev", "ns")
             .with_queue("q")
             .with_consumer("worker", "q");
         let names: Vec<String> = managed_deployment_names(&sm).into_iter().collect();
-        assert_eq!(names, ["dev-rabbitmq", "worker"]);
+        assert_eq!(names, ["worker"]);
         let external = sm.with_external("rabbit.example", false);
         let names: Vec<String> = managed_deployment_names(&external).into_iter().collect();
         assert_eq!(names, ["worker"]);

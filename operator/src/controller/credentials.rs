@@ -6,7 +6,7 @@ use crate::builders::secret::{Credentials, key, secret_value};
 use crate::decisions::status::CredentialsState;
 use crate::error::{Error, Result};
 use futures::FutureExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::reflector::ObjectRef;
@@ -54,17 +54,22 @@ pub async fn resolve(o: &Owner<'_>, names: &Names) -> Result<Found> {
     })
 }
 
-/// Warns (an Event) when credentials were regenerated for a broker that already ran: RabbitMQ
-/// applies default_user only to an empty data directory, so such a broker keeps its old user
-/// and will refuse the new credentials.
+/// Warns (an Event) when credentials were regenerated for a broker that already ran: its
+/// clients' old credentials stop working. The broker itself follows: its pod template's
+/// credentials fingerprint changed, so it restarts and imports the new user at boot
+/// (`load_definitions`); the old user stays on the broker until deleted.
 pub async fn warn_if_the_broker_ran(o: &Owner<'_>, names: &Names) -> Result<()> {
-    if !o.observe::<Deployment>(&names.deployment).await?.exists() {
+    if !o
+        .observe::<StatefulSet>(&names.stateful_set)
+        .await?
+        .exists()
+    {
         return Ok(());
     }
     let note = format!(
-        "Secret {} was missing or incomplete and got new credentials; a broker with \
-         existing data keeps its old user: restore the old Secret, or set the new \
-         password on the broker (rabbitmqctl change_password)",
+        "Secret {} was missing or incomplete and got new credentials: the broker restarts \
+         to import the new user (its data is kept); clients must read the new Secret; the \
+         old user stays on the broker until deleted (rabbitmqctl delete_user)",
         names.secret
     );
     warn!("{note}");

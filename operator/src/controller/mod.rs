@@ -6,6 +6,7 @@ pub mod autoscalers;
 pub mod cleanup;
 pub mod credentials;
 pub mod error_policy;
+pub mod migration;
 pub mod owned;
 pub mod reconcile;
 pub mod status;
@@ -18,11 +19,12 @@ use crate::context::{Caches, Context};
 use crate::crd::SwappoMessaging;
 use crate::decisions::status::condition;
 use cleanup::managed_deployment_names;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
@@ -165,6 +167,10 @@ pub async fn run_controller(
     );
     let (deployments, deployments_cache) =
         reflected(api::<Deployment>(client, namespace), owned.clone(), trim);
+    let (stateful_sets, stateful_sets_cache) =
+        reflected(api::<StatefulSet>(client, namespace), owned.clone(), trim);
+    let (policies, policies_cache) =
+        reflected(api::<NetworkPolicy>(client, namespace), owned.clone(), trim);
     let (services, services_cache) =
         reflected(api::<Service>(client, namespace), owned.clone(), trim);
     // The operator's own ReplicaSets only (its label), not every ReplicaSet of the cluster.
@@ -195,6 +201,8 @@ pub async fn run_controller(
         config_maps: config_maps_cache,
         claims: claims_cache,
         deployments: deployments_cache,
+        stateful_sets: stateful_sets_cache,
+        network_policies: policies_cache,
         services: services_cache,
         replica_sets: replica_sets_cache,
         workloads: workloads_cache,
@@ -220,6 +228,7 @@ pub async fn run_controller(
     let instances = resources.clone();
     let namers = resources.clone();
     let scalers = resources.clone();
+    let listed = resources.clone();
     let scaler = crate::scaler::run(ctx.clone(), resources, shutdown.clone());
     // ReplicaSet changes (a rollout finishing, a set scaled by hand, an orphan appearing)
     // reconcile the instances that manage their Deployment or whose labels they carry.
@@ -234,6 +243,8 @@ pub async fn run_controller(
         // A user's credentials Secret changed: the resources naming it log in again.
         .watches_stream(secret_versions, move |s| naming_secret(&s, &namers))
         .owns_stream(deployments)
+        .owns_stream(stateful_sets)
+        .owns_stream(policies)
         .owns_stream(services)
         .owns_stream(config_maps)
         .owns_stream(secrets)
@@ -251,6 +262,22 @@ pub async fn run_controller(
                 Err(e) => debug!(error = %e, "reconcile did not complete"),
             }
         });
+    // kube holds the reconciles until the resources' first list is in, and its graceful
+    // shutdown waits for them: a shutdown before that list waited forever (the stopped watch
+    // never fills the store). Then no reconcile ever ran, so the controller is dropped.
+    let stop = shutdown.clone();
+    let never_listed = async move {
+        stop.cancelled().await;
+        if listed.wait_until_ready().now_or_never().is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let controller = async {
+        tokio::select! {
+            () = controller => {}
+            () = never_listed => debug!("stopped before the first list: no reconcile ran"),
+        }
+    };
     // The other autoscalers' watches only fill caches; they stop with the controller.
     let watches = futures::stream::select_all(autoscaler_watches)
         .take_until(shutdown.cancelled_owned())
@@ -373,9 +400,16 @@ mod tests {
             names(concerned(&rs("worker-1", &[], Some("worker")), &reader)),
             ["dev"]
         );
+        // The broker is a StatefulSet: a ReplicaSet of a Deployment of that name concerns the
+        // instance through its labels only (an earlier version's broker carries them).
+        assert!(concerned(&rs("dev-rabbitmq-1", &[], Some("dev-rabbitmq")), &reader).is_empty());
         assert_eq!(
             names(concerned(
-                &rs("dev-rabbitmq-1", &[], Some("dev-rabbitmq")),
+                &rs(
+                    "dev-rabbitmq-1",
+                    &[(label::INSTANCE, "dev")],
+                    Some("dev-rabbitmq")
+                ),
                 &reader
             )),
             ["dev"]

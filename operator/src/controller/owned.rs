@@ -9,9 +9,10 @@ use crate::crd::SwappoMessaging;
 use crate::decisions::diff::needs_apply;
 use crate::error::{Error, Result};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -62,6 +63,18 @@ impl OwnedKind for Deployment {
 impl OwnedKind for Service {
     fn cache(caches: &Caches) -> &Store<Self> {
         &caches.services
+    }
+}
+
+impl OwnedKind for StatefulSet {
+    fn cache(caches: &Caches) -> &Store<Self> {
+        &caches.stateful_sets
+    }
+}
+
+impl OwnedKind for NetworkPolicy {
+    fn cache(caches: &Caches) -> &Store<Self> {
+        &caches.network_policies
     }
 }
 
@@ -215,6 +228,42 @@ impl Owner<'_> {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(source) => Err(Error::Kube {
                 action: format!("create {} {name}", K::kind(&())),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes `obj` (by name, with a precondition on its uid, so an object re-created under
+    /// the same name meanwhile is never hit) with `propagation` for its dependents, and
+    /// reports it as an Event with `reason`. Already gone (or replaced): nothing to do.
+    pub async fn delete<K: OwnedKind>(
+        &self,
+        obj: &K,
+        propagation: DeleteParams,
+        reason: &str,
+    ) -> Result<()> {
+        let (kind, name) = (K::kind(&()), obj.name_any());
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: obj.uid(),
+                resource_version: None,
+            }),
+            ..propagation
+        };
+        self.ctx.may_write()?;
+        match self.api::<K>().delete(&name, &params).await {
+            Ok(_) => {
+                self.ctx.metrics.wrote(&kind);
+                let note = format!("deleted {kind} {name}");
+                info!("{note}");
+                self.ctx
+                    .event_about(self.sm, false, reason, note, Some(obj.object_ref(&())))
+                    .await;
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(source) => Err(Error::Kube {
+                action: format!("delete {kind} {name}"),
                 source,
             }),
         }

@@ -4,13 +4,14 @@
 //! in a module of its own; nothing is written when the observed state already matches the
 //! decision.
 use super::credentials::{self, Found};
+use super::migration;
 use super::owned::Owner;
 use super::{cleanup, status};
 use crate::broker::amqp::Target;
 use crate::broker::connections::Shared;
 use crate::broker::{Broker, topology};
 use crate::builders::secret::{Credentials, Endpoint, credentials_secret};
-use crate::builders::{Names, broker};
+use crate::builders::{Names, broker, network_policy};
 use crate::context::Context;
 use crate::crd::SwappoMessaging;
 use crate::decisions::queues::declaration_key;
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
@@ -68,7 +70,7 @@ async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
             .await?;
     }
     let broker_pods = match sm.is_managed() {
-        true => Some(ensure_broker(&o, &names, regenerated).await?),
+        true => Some(ensure_broker(&o, &names, creds.as_ref(), regenerated).await?),
         false => None,
     };
 
@@ -93,19 +95,50 @@ async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
     status::write(sm, &with_queues, &observed, &now, ctx).await
 }
 
-/// The managed broker's objects, each ensured; its ready and wanted pods.
-async fn ensure_broker(o: &Owner<'_>, names: &Names, regenerated: bool) -> Result<(i32, i32)> {
+/// The managed broker's objects, each ensured; its ready and wanted pods. The StatefulSet
+/// waits (0 ready) while a broker Deployment of an earlier operator version or its pods are
+/// still there ([`migration`]): never two brokers on one volume.
+async fn ensure_broker(
+    o: &Owner<'_>,
+    names: &Names,
+    creds: Option<&Credentials>,
+    regenerated: bool,
+) -> Result<(i32, i32)> {
     o.ensure(broker::config_map(o.sm)).await?;
     // Created once: a claim's spec is immutable but for growing, which is a manual step.
     o.create_once(broker::pvc(o.sm)).await?;
+    o.ensure(broker::service(o.sm)).await?;
+    ensure_network_policy(o, names).await?;
     if regenerated {
         credentials::warn_if_the_broker_ran(o, names).await?;
     }
-    let deployment = o.ensure(broker::deployment(o.sm)).await?;
-    o.ensure(broker::service(o.sm)).await?;
-    let status = deployment.status.unwrap_or_default();
-    let wanted = deployment.spec.replicas.unwrap_or(1);
-    Ok((status.available_replicas.unwrap_or(0), wanted))
+    if !migration::legacy_broker_gone(o, names).await? {
+        return Ok((0, 1));
+    }
+    let set = o.ensure(broker::stateful_set(o.sm, creds)).await?;
+    let ready = set.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let wanted = set.spec.replicas.unwrap_or(1);
+    Ok((ready, wanted))
+}
+
+/// The broker's NetworkPolicy, ensured; or, when `spec.broker.networkPolicy.enabled` is
+/// false, the one made earlier deleted.
+async fn ensure_network_policy(o: &Owner<'_>, names: &Names) -> Result<()> {
+    if network_policy::enabled(o.sm) {
+        let ns = o.ctx.settings.operator_namespace.as_deref();
+        o.ensure(network_policy::network_policy(o.sm, ns)).await?;
+        return Ok(());
+    }
+    let seen = o
+        .observe::<k8s_openapi::api::networking::v1::NetworkPolicy>(&names.network_policy)
+        .await?;
+    match seen.current() {
+        Some(policy) if migration::is_ours(o.sm, &policy) => {
+            o.delete(&policy, DeleteParams::background(), "NetworkPolicyRemoved")
+                .await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The AMQP login behind `BrokerReady`, once the broker's pods are ready: its outcome, and

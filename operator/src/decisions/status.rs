@@ -106,7 +106,7 @@ pub fn broker_ready(obs: &Observed) -> Verdict {
         return no(
             "BrokerPodsNotReady",
             format!(
-                "{ready}/{} broker pods ready; see the broker Deployment's pods and events",
+                "{ready}/{} broker pods ready; see the broker StatefulSet's pod and events",
                 wanted.max(1)
             ),
         );
