@@ -1022,6 +1022,80 @@ async fn an_earlier_versions_broker_deployment_and_its_pods_are_gone_before_the_
     operator.stop().await;
 }
 
+#[tokio::test]
+async fn the_network_policy_is_shipped_by_default_and_removed_when_opted_out() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-netpol-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    let mut sm = SwappoMessaging::new_in("dev", ns.name());
+    sm.spec.broker.network_policy = Some(
+        serde_json::from_value(serde_json::json!({
+            "amqpClients": {"matchLabels": {"rabbitmq-client": "true"}},
+            "monitoringNamespace": "monitoring"
+        }))
+        .unwrap(),
+    );
+    create(&ns, &sm).await;
+    let policies = ns.api::<NetworkPolicy>();
+    let policy = wait_exists(&policies, "dev-rabbitmq").await;
+    // The content as the API server stored it (this test bed enforces no NetworkPolicy).
+    let spec = policy.spec.unwrap();
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+    let rules = spec.ingress.unwrap();
+    let clients = &rules[0].from.as_ref().unwrap()[0];
+    assert_eq!(
+        clients
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["rabbitmq-client"],
+        "true"
+    );
+    let monitoring = &rules[1].from.as_ref().unwrap()[0];
+    assert_eq!(
+        monitoring
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let ports: Vec<Option<IntOrString>> = rules[1]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.clone())
+        .collect();
+    assert_eq!(
+        ports,
+        [Some(IntOrString::Int(15672)), Some(IntOrString::Int(15692))]
+    );
+
+    let patch = serde_json::json!({"spec": {"broker": {"networkPolicy": {"enabled": false}}}});
+    ns.api::<SwappoMessaging>()
+        .patch("dev", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("the NetworkPolicy removed", WAIT, || async {
+        policies
+            .get_opt("dev-rabbitmq")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    operator.stop().await;
+}
+
 /// resourceVersions of the resource and everything it owns.
 async fn versions(ns: &TestNamespace) -> Vec<(String, String)> {
     let managed = ListParams::default().labels(MANAGED_BY);

@@ -268,7 +268,8 @@ pub async fn run_controller(
     let stop = shutdown.clone();
     let never_listed = async move {
         stop.cancelled().await;
-        if listed.wait_until_ready().now_or_never().is_some() {
+        // Ready once is ready for good; a watch dropped before its first list is not.
+        if matches!(listed.wait_until_ready().now_or_never(), Some(Ok(()))) {
             std::future::pending::<()>().await;
         }
     };
