@@ -10,8 +10,8 @@
 //!
 //! The pressure is a fault, not load left to chance: each broker container gets a CPU limit
 //! (a CFS quota) and a neighbour pod on the node runs busy loops. Every `rabbitmq-diagnostics`
-//! call boots an Erlang VM that needs 0.6 to 1.1 s of CPU (measured in the pod: user + sys,
-//! bench/results/broker_probes.md); under a quota of 0.5 CPU that is at least 1.2 s of wall
+//! call boots an Erlang VM that needs 0.7 to 1.3 s of CPU (measured in the pod: user + sys,
+//! bench/results/broker_probes.md); under a quota of 0.5 CPU that is at least 1.4 s of wall
 //! time, so it can never finish within the 1 s timeout, whatever else the machine does. Our
 //! probes are TCP connects to the AMQP port, which the kernel completes from the listen
 //! backlog without the Erlang VM being scheduled at all, within a 5 s timeout. A busier
@@ -20,8 +20,8 @@
 //! `make bench-probes` runs the sweep below (hog loops x CPU limits) and writes the breaking
 //! point to bench/results/broker_probes.md.
 //!
-//! Traffic: the kubelet's probes and `kubectl exec` into the pods; nothing leaves the node's
-//! bridge and loopback.
+//! Traffic: the kubelet's probes, `kubectl exec` into the pods and the kubelet's probe metrics
+//! read through the API server (on the node's bridge address); nothing else, nowhere else.
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, PersistentVolumeClaim, Pod, PodTemplateSpec, Secret,
@@ -67,17 +67,17 @@ const HOG_REQUEST: &str = "500m";
 const SEED_CPU_LIMIT: &str = "500m";
 
 /// A CPU pressure on the broker: its container's CPU limit and a neighbour's busy loops.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Pressure {
     /// The broker container's `limits.cpu` (a CFS quota), `None` for no limit.
-    cpu_limit: Option<&'static str>,
+    cpu_limit: Option<String>,
     /// Busy loops (`while :; do :; done`) in a neighbour pod on the node.
     hog_loops: u32,
 }
 
 impl Pressure {
-    fn cpu_limit_label(&self) -> &'static str {
-        self.cpu_limit.unwrap_or("none")
+    fn cpu_limit_label(&self) -> &str {
+        self.cpu_limit.as_deref().unwrap_or("none")
     }
 }
 
@@ -95,15 +95,15 @@ enum Config {
 struct Trial {
     name: String,
     config: Config,
-    cpu_limit: Option<&'static str>,
+    cpu_limit: Option<String>,
 }
 
 impl Trial {
-    fn new(name: &str, config: Config, cpu_limit: Option<&'static str>) -> Self {
+    fn new(name: &str, config: Config, cpu_limit: Option<&str>) -> Self {
         Self {
             name: name.to_owned(),
             config,
-            cpu_limit,
+            cpu_limit: cpu_limit.map(str::to_owned),
         }
     }
 
@@ -174,7 +174,7 @@ fn seed_objects(trial: &Trial) -> (PersistentVolumeClaim, Secret, Deployment) {
                     "name": format!("{name}-secrets"), "key": "rabbitmq-password"}}},
             ],
             "volumeMounts": [{"name": "rabbitmq-storage", "mountPath": "/var/lib/rabbitmq"}],
-            "resources": resources(trial.cpu_limit),
+            "resources": resources(trial.cpu_limit.as_deref()),
             // The seed's probes, verbatim: no timeoutSeconds, so Kubernetes' default of 1 s.
             "livenessProbe": {
                 "exec": {"command": ["rabbitmq-diagnostics", "-q", "ping"]},
@@ -214,7 +214,7 @@ fn our_resource(trial: &Trial, namespace: &str) -> SwappoMessaging {
         "spec": {"broker": {
             "image": RABBITMQ_IMAGE,
             "storage": {"storageClassName": STORAGE_CLASS},
-            "resources": resources(trial.cpu_limit),
+            "resources": resources(trial.cpu_limit.as_deref()),
         }},
     }))
     .expect("a valid SwappoMessaging")
@@ -601,15 +601,15 @@ async fn under_a_cpu_quota_and_a_neighbours_hog_the_seeds_exec_probes_fail_while
         return;
     }
     let ns = TestNamespace::new("probes-").await;
-    // The pressure: the seed's own 500m CPU limit on both brokers (the CLI's 0.6 s or more of
+    // The pressure: the seed's own 500m CPU limit on both brokers (the CLI's 0.7 s or more of
     // CPU cannot fit in its 1 s timeout under it), and a neighbour with two busy loops, one
     // per core. "And above": a second broker of ours under half that quota.
     let pressure = Pressure {
-        cpu_limit: Some(SEED_CPU_LIMIT),
+        cpu_limit: Some(SEED_CPU_LIMIT.to_owned()),
         hog_loops: 2,
     };
-    let seed = Trial::new("seed", Config::Seed, pressure.cpu_limit);
-    let ours = Trial::new("ours", Config::Ours, pressure.cpu_limit);
+    let seed = Trial::new("seed", Config::Seed, pressure.cpu_limit.as_deref());
+    let ours = Trial::new("ours", Config::Ours, pressure.cpu_limit.as_deref());
     let ours_tighter = Trial::new("ours-250m", Config::Ours, Some("250m"));
     set_hog(&ns, pressure.hog_loops).await;
     for trial in [&seed, &ours, &ours_tighter] {
@@ -702,10 +702,7 @@ async fn sweep_of_cpu_pressure_against_both_brokers_probes() {
         .collect();
     let mut rows = Vec::new();
     for limit in &limits {
-        let cpu_limit: Option<&'static str> = match limit.as_str() {
-            "none" => None,
-            other => Some(Box::leak(other.to_owned().into_boxed_str())),
-        };
+        let cpu_limit = (limit != "none").then_some(limit.as_str());
         let ns = TestNamespace::new("probes-bench-").await;
         let seed = Trial::new("seed", Config::Seed, cpu_limit);
         let ours = Trial::new("ours", Config::Ours, cpu_limit);
@@ -714,7 +711,7 @@ async fn sweep_of_cpu_pressure_against_both_brokers_probes() {
         wait_ready(&ns, &[&ours]).await;
         for &hog_loops in &hogs {
             let pressure = Pressure {
-                cpu_limit,
+                cpu_limit: cpu_limit.map(str::to_owned),
                 hog_loops,
             };
             set_hog(&ns, hog_loops).await;
@@ -824,4 +821,34 @@ async fn sweep_of_cpu_pressure_against_both_brokers_probes() {
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "broker_probes.md".to_owned());
     std::fs::write(&out, md).unwrap_or_else(|e| panic!("write {out}: {e}"));
     eprintln!("wrote {out}");
+}
+
+#[test]
+fn the_kubelets_probe_counters_are_summed_per_pod_of_the_namespace_only() {
+    let text = "# HELP prober_probe_total Cumulative number of a liveness, readiness or startup probe for a container by result.\n\
+        # TYPE prober_probe_total counter\n\
+        prober_probe_total{container=\"rabbitmq\",namespace=\"a\",pod=\"seed-1\",pod_uid=\"u\",probe_type=\"Liveness\",result=\"failed\"} 3\n\
+        prober_probe_total{container=\"rabbitmq\",namespace=\"a\",pod=\"seed-1\",pod_uid=\"u\",probe_type=\"Readiness\",result=\"failed\"} 9\n\
+        prober_probe_total{container=\"rabbitmq\",namespace=\"a\",pod=\"seed-1\",pod_uid=\"u\",probe_type=\"Readiness\",result=\"successful\"} 2\n\
+        prober_probe_total{container=\"rabbitmq\",namespace=\"a\",pod=\"ours\",pod_uid=\"v\",probe_type=\"Readiness\",result=\"successful\"} 7\n\
+        prober_probe_total{container=\"rabbitmq\",namespace=\"b\",pod=\"seed-1\",pod_uid=\"w\",probe_type=\"Readiness\",result=\"failed\"} 100\n\
+        prober_probe_duration_seconds_count{container=\"rabbitmq\",namespace=\"a\",pod=\"ours\",probe_type=\"Readiness\"} 7\n";
+    let counts = parse_probe_counts(text, "a");
+    assert_eq!(
+        counts["seed-1"],
+        ProbeCounts {
+            run: 14,
+            failed: 12
+        }
+    );
+    assert_eq!(counts["ours"], ProbeCounts { run: 7, failed: 0 });
+    assert_eq!(counts.len(), 2);
+    let both = sum_probes(&counts, &["seed-1".to_owned(), "gone".to_owned()]);
+    assert_eq!(
+        both,
+        ProbeCounts {
+            run: 14,
+            failed: 12
+        }
+    );
 }
