@@ -71,9 +71,11 @@ images: ## Build every OCI image from Debian packages and release binaries (no D
 .PHONY: test
 # SWAPPO_APP_IMAGES=1: `make test` also builds (cached) and imports the operator's and the
 # services' images and their node tests must run; their release build costs minutes cold, so it
-# is opt-in (README, "The real node").
+# is opt-in (README, "The real node"). The RabbitMQ image (Debian's package, cached by stamp) is
+# always built and imported: the broker's node tests run it.
 SWAPPO_APP_IMAGES ?= 0
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the unattended demo (demo-check), then the node teardown check
+	bash images/build.sh --import-if-up rabbitmq
 	if [ "$(SWAPPO_APP_IMAGES)" != 0 ]; then bash images/build.sh --import-if-up app; fi
 	source scripts/env.sh && KUBECONFIG="$$SWAPPO_KUBECONFIG" SWAPPO_REQUIRE_CLUSTER=1 SWAPPO_REQUIRE_TOOLS=1 \
 	  SWAPPO_REQUIRE_NODE=$${SWAPPO_NODE:-1} SWAPPO_REQUIRE_APP_IMAGES=$(SWAPPO_APP_IMAGES) \
@@ -97,6 +99,11 @@ bench-autoscaler: testenv-deps cluster-up ## Autoscaler benchmark: seconds from 
 .PHONY: bench-operator
 bench-operator: testenv-deps cluster-up ## Operator scale benchmark: reconcile time, RSS and API traffic at rest with 1/100/1000 objects -> bench/results/operator.md
 	bash bench/operator.sh
+
+.PHONY: bench-probes
+bench-probes: cluster-up ## Broker probes under CPU pressure on the real node: the seed's exec probes vs ours, per CPU limit and hog level -> bench/results/broker_probes.md
+	bash images/build.sh --import-if-up rabbitmq
+	bash bench/probes.sh
 
 .PHONY: demo
 demo: ## Run the operator and both services locally under a load of trade offers, with a live view (DEMO_DURATION=60 for unattended)
