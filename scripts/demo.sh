@@ -232,12 +232,12 @@ done
 
 log "helm install $OPERATOR_RELEASE charts/swappo-operator (namespace scope, leader election on)"
 # Small requests: the node has 2 cores shared by everything on it. The broker is re-checked
-# every 3 s while not ready (default 10 s) so the demo starts sooner.
+# every 3 s while not ready (default 10 s) so the demo starts sooner. No --wait: the resource
+# can be applied while the operator's pod starts; the wait for its Secret below covers both.
 h upgrade --install "$OPERATOR_RELEASE" charts/swappo-operator -n "$NS" \
   --set image.repository=swappo.local/swappo-operator --set image.tag=dev --set image.pullPolicy=Never \
   --set watch.scope=namespace --set leaderElection.enabled=true --set log.format=text \
-  --set broker.retrySeconds=3 --set resources.requests.cpu=20m \
-  --wait --timeout 120s >/dev/null
+  --set broker.retrySeconds=3 --set resources.requests.cpu=20m >/dev/null
 
 log "kubectl apply -n $NS -f examples/swappomessaging.yaml (with the demo's settings)"
 # Demo settings, said out loud, patched into the example before it is applied (the operator
