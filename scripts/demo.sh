@@ -83,10 +83,12 @@ cleanup() {
   trap - EXIT INT TERM
   if [ "$installed" = 1 ]; then
     log "removing the demo: SwappoMessaging, helm releases, namespace $NS, placement policy"
-    k delete sm "$SM" -n "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1 || true
-    h uninstall "$SERVICES_RELEASE" -n "$NS" --wait --timeout 60s >/dev/null 2>&1 || true
-    h uninstall "$OPERATOR_RELEASE" -n "$NS" --wait --timeout 60s >/dev/null 2>&1 || true
-    k delete namespace "$NS" --ignore-not-found --wait=true --timeout=120s >/dev/null 2>&1 ||
+    # Nothing is waited for but the namespace: its deletion waits for every pod in it (the
+    # broker's graceful stop is the longest), so one wait covers all.
+    k delete sm "$SM" -n "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    h uninstall "$SERVICES_RELEASE" -n "$NS" >/dev/null 2>&1 || true
+    h uninstall "$OPERATOR_RELEASE" -n "$NS" >/dev/null 2>&1 || true
+    k delete namespace "$NS" --ignore-not-found --wait=true --timeout=240s >/dev/null 2>&1 ||
       log "namespace $NS is still terminating (kubectl get ns $NS)"
     k delete mutatingadmissionpolicybinding,mutatingadmissionpolicy "$PLACEMENT" --ignore-not-found >/dev/null 2>&1 || true
   fi
