@@ -83,11 +83,13 @@ cleanup() {
   trap - EXIT INT TERM
   if [ "$installed" = 1 ]; then
     log "removing the demo: SwappoMessaging, helm releases, namespace $NS, placement policy"
-    # Nothing is waited for but the namespace: its deletion waits for every pod in it (the
-    # broker's graceful stop is the longest), so one wait covers all.
+    # Nothing is waited for but the namespace: its deletion waits for every pod in it, so one
+    # wait covers all. The pods get 5 s of grace instead of their own (the broker's is 120 s,
+    # and a RabbitMQ still booting ignores SIGTERM): the queue was drained, the data is dropped.
     k delete sm "$SM" -n "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
     h uninstall "$SERVICES_RELEASE" -n "$NS" >/dev/null 2>&1 || true
     h uninstall "$OPERATOR_RELEASE" -n "$NS" >/dev/null 2>&1 || true
+    k delete pods --all -n "$NS" --grace-period=5 --wait=false >/dev/null 2>&1 || true
     k delete namespace "$NS" --ignore-not-found --wait=true --timeout=240s >/dev/null 2>&1 ||
       log "namespace $NS is still terminating (kubectl get ns $NS)"
     k delete mutatingadmissionpolicybinding,mutatingadmissionpolicy "$PLACEMENT" --ignore-not-found >/dev/null 2>&1 || true
