@@ -94,6 +94,14 @@ bench-consumer: testenv-deps ## Consumer benchmark: notifications service vs the
 bench-publisher: testenv-deps ## Publisher benchmark: swappo-messaging vs the seed publisher and RabbitMQ PerfTest -> bench/results/publisher.md
 	bash bench/publisher.sh
 
+.PHONY: profile-publisher
+profile-publisher: testenv-deps ## Where the publisher benchmark's CPU goes: callgrind instruction counts by function (not part of make bench)
+	bash bench/profile_publisher.sh
+
+.PHONY: bench-latency
+bench-latency: testenv-deps ## End-to-end latency at 1,000/5,000 events/s (LISTEN/NOTIFY vs polling, vs the seed) and the outbox relay rate -> bench/results/latency.md, relay.md
+	bash bench/latency.sh
+
 .PHONY: bench-autoscaler
 bench-autoscaler: testenv-deps cluster-up ## Autoscaler benchmark: seconds from a backlog to the scale patch, p50/p95 -> bench/results/autoscaler.md
 	bash bench/autoscaler.sh

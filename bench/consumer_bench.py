@@ -5,10 +5,12 @@ broker and database server. Run through `make bench-consumer` (bench/consumer.sh
 For each consumer: its own queue, filled with the same N contract-valid events before the
 consumer starts, and its own database. The seed consumer (../shared/bench/seed_baseline/
 consumer.py: prefetch 1, one transaction per message) reports its own time from the first
-message. The service is timed from the moment its process is spawned (start-up, migrations
-and broker connection included: a conservative figure) until all N rows are committed,
-polling count(*) every 50 ms. While it drains, its VmRSS is sampled from /proc every 50 ms.
-Afterwards: rows == N, distinct event ids == N, queue empty, nothing dead-lettered.
+message. The service is timed from the moment its process is spawned until all N rows are
+committed, polling count(*) every 20 ms; start-up (spawn to the first committed row: process
+start, migrations, connection, first batch) is reported apart from the steady rate (rows after
+the first seen, over the time from then to the N-th). While it drains, its VmRSS is sampled from
+/proc. Afterwards: rows == N, distinct event ids == N, queue empty, nothing dead-lettered.
+`--curve` adds classic-queue runs at other PREFETCH/BATCH_SIZE/BATCH_LINGER_MS settings.
 """
 import argparse, base64, datetime, json, os, platform, re, signal, socket, statistics
 import subprocess, sys, time, urllib.parse, urllib.request, uuid
@@ -17,7 +19,11 @@ import pika
 import psycopg2
 
 ap = argparse.ArgumentParser()
-ap.add_argument("-n", type=int, default=20000, help="events per consumer")
+ap.add_argument("-n", type=int, default=50000, help="events per service run")
+ap.add_argument("--seed-n", type=int, default=10000,
+                help="events for the seed (its rate is timed from its first message, so fewer suffice)")
+ap.add_argument("--curve", default="",
+                help="extra classic runs, 'prefetch:batch:linger_ms' comma-separated (e.g. 200:200:20,500:500:20)")
 ap.add_argument("--service-bin", help="release build of swappo-notifications")
 ap.add_argument("--seed-consumer", required=True, help="path of the seed consumer.py")
 ap.add_argument("--out", required=True, help="markdown results file")
@@ -177,10 +183,13 @@ def rss_kib(pid):
     return None
 
 
-def run_service(queue, kind, dbname, n):
+def run_service(queue, kind, dbname, n, setting=None):
     env = dict(os.environ, DATABASE_URL=db_url(dbname), RABBITMQ_URL=amqp_url(), QUEUE_NAME=queue,
                QUEUE_TYPE=kind, DECLARE_QUEUE="false", BIND_ADDR=f"127.0.0.1:{free_port()}", RUST_LOG="warn")
+    if setting:
+        env.update(PREFETCH=str(setting[0]), BATCH_SIZE=str(setting[1]), BATCH_LINGER_MS=str(setting[2]))
     t0 = time.perf_counter()
+    t_first, first_rows = None, 0
     proc = subprocess.Popen([a.service_bin], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(f"/tmp/{VHOST}-{queue}.log", "w"))
     samples, rows, deadline = [], 0, time.time() + 600
@@ -195,8 +204,10 @@ def run_service(queue, kind, dbname, n):
                 samples.append(r)
             if table_exists(dbname):
                 rows = count_rows(dbname)
+                if rows and t_first is None:
+                    t_first, first_rows = time.perf_counter(), rows
             if rows < n:
-                time.sleep(0.05)
+                time.sleep(0.02)
         seconds = time.perf_counter() - t0
         time.sleep(1.0)  # anything extra (a duplicate would show here) has time to land
         total, distinct = count_rows(dbname, "event_id")
@@ -208,11 +219,14 @@ def run_service(queue, kind, dbname, n):
             proc.kill()
     left = queue_depth(queue)
     dlq = queue_depth(f"{queue}.dlq")
-    result = {"seconds": seconds, "rate": n / seconds, "rows": total, "distinct": distinct,
+    steady = (n - first_rows) / (t0 + seconds - t_first) if t_first and t0 + seconds > t_first else n / seconds
+    result = {"seconds": seconds, "rate": steady, "overall": n / seconds, "startup": t_first - t0,
+              "setting": setting, "rows": total, "distinct": distinct,
               "rss_peak_mib": max(samples) / 1024, "rss_median_mib": statistics.median(samples) / 1024,
               "rss_idle_mib": (idle or 0) / 1024, "left_in_queue": left, "dlq": dlq,
               "exit": code, "samples": len(samples)}
-    log(f"service ({kind}): {n} events in {seconds:.2f} s = {n / seconds:.0f}/s, rows {total}, "
+    log(f"service ({kind}, {setting or 'defaults'}): {n} events in {seconds:.2f} s, start-up {result['startup']:.2f} s, "
+        f"steady {steady:.0f}/s, rows {total}, "
         f"peak RSS {result['rss_peak_mib']:.1f} MiB, exit {code}")
     return result
 
@@ -245,35 +259,38 @@ def versions():
 # --- main ---------------------------------------------------------------------------------
 def main():
     n = a.n
+    curve = [tuple(int(x) for x in c.split(":")) for c in a.curve.split(",") if c]
     mgmt("PUT", f"/api/vhosts/{urllib.parse.quote(VHOST, safe='')}")
     user = urllib.parse.unquote(_m.username)
     mgmt("PUT", f"/api/permissions/{urllib.parse.quote(VHOST, safe='')}/{urllib.parse.quote(user, safe='')}",
          {"configure": ".*", "write": ".*", "read": ".*"})
-    dbs = {k: f"bench_{k}_{STAMP}" for k in ("seed", "classic", "quorum")}
+    runs = [(k, k, None) for k in ("classic", "quorum") if k in RUN]
+    runs += [(f"c{i}", "classic", c) for i, c in enumerate(curve)]
+    dbs = {name: f"bench_{name}_{STAMP}" for name, _, _ in runs}
+    if "seed" in RUN:
+        dbs["seed"] = f"bench_seed_{STAMP}"
     conn = admin()
     for name in dbs.values():
         conn.cursor().execute(f'CREATE DATABASE "{name}"')
     try:
-        # The seed declares its own queue (durable classic, no arguments), so it gets none here.
-        queues = [(f"svc_{k}", k) for k in ("classic", "quorum") if k in RUN]
-        if "seed" in RUN:
-            seed_ch = pika.BlockingConnection(pika.URLParameters(amqp_url()))
-            seed_ch.channel().queue_declare(queue="seed_classic", durable=True)
-            seed_ch.close()
-            queues.append(("seed_classic", None))
+        queues = [(f"svc_{name}", kind) for name, kind, _ in runs]
         log(f"filling {len(queues)} queues with the same {n} events each")
         fill(queues, n)
         results = {}
         if "seed" in RUN:
-            log("seed consumer draining seed_classic (prefetch 1, one commit per message)")
-            results["seed"] = run_seed("seed_classic", dbs["seed"], n)
+            # The seed declares its own queue (durable classic, no arguments), so it gets none here.
+            seed_ch = pika.BlockingConnection(pika.URLParameters(amqp_url()))
+            seed_ch.channel().queue_declare(queue="seed_classic", durable=True)
+            seed_ch.close()
+            fill([("seed_classic", None)], a.seed_n)
+            log(f"seed consumer draining seed_classic ({a.seed_n} events, prefetch 1, one commit per message)")
+            results["seed"] = run_seed("seed_classic", dbs["seed"], a.seed_n)
             results["seed"]["rows"] = count_rows(dbs["seed"])
             results["seed"]["left_in_queue"] = queue_depth("seed_classic")
-        for kind in ("classic", "quorum"):
-            if kind in RUN:
-                log(f"service draining svc_{kind}")
-                results[kind] = run_service(f"svc_{kind}", kind, dbs[kind], n)
-        write_report(n, results)
+        for name, kind, setting in runs:
+            log(f"service draining svc_{name} ({kind}, {setting or 'defaults'})")
+            results[name] = run_service(f"svc_{name}", kind, dbs[name], n, setting)
+        write_report(n, results, runs)
     finally:
         for name in dbs.values():
             conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -281,53 +298,54 @@ def main():
         mgmt("DELETE", f"/api/vhosts/{urllib.parse.quote(VHOST, safe='')}")
 
 
-def write_report(n, r):
+def write_report(n, r, runs):
     v = versions()
     seed = r.get("seed")
     lines = [
         "# Consumer benchmark: queue to committed rows",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; shared with four other engineers compiling: compare rows of one run only",
         f"- RabbitMQ {v['rabbitmq']}, PostgreSQL {v['postgresql']} (one local server each, shared "
         f"by all rows), {v['rustc']}, Python {v['python']} + pika {v['pika']}",
-        f"- {n} persistent events per consumer, pre-filled before the consumer starts; each consumer "
+        f"- {n} persistent events per service run, pre-filled before the consumer starts; each run "
         "has its own queue and its own database on the same servers.",
-        "- Service: `swappo-notifications` release build, defaults (prefetch 200, batch 100, "
-        "linger 20 ms). Timed from process spawn (start-up, migrations, connection included) to "
-        "the N-th row committed (count(*) polled every 50 ms). RSS: VmRSS sampled every 50 ms while draining.",
-        "- Seed: `../shared/bench/seed_baseline/consumer.py` (pika, prefetch 1, one SQLAlchemy "
-        "session and commit per message), its own timer from the first message.",
+        "- Service: `swappo-notifications` release build; defaults prefetch 100, batch 100, linger 20 ms "
+        "(other settings through PREFETCH / BATCH_SIZE / BATCH_LINGER_MS). Start-up = process spawn to "
+        "the first committed row (start, migrations, connection, first batch); events/s = the steady "
+        "rate after it (rows from the first seen to the N-th, count(*) polled every 20 ms).",
+        f"- Seed: `../shared/bench/seed_baseline/consumer.py` (pika, prefetch 1, one SQLAlchemy "
+        f"session and commit per message), {a.seed_n} events, its own timer from the first message.",
         "",
-        "| consumer | queue | events/s | seconds | rows stored | left in queue | vs seed | RSS peak / median |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| consumer | queue | prefetch / batch / linger ms | events/s | start-up s | whole run s | rows stored | left in queue | vs seed | RSS peak |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     if seed:
-        lines.append(f"| seed consumer.py | classic | {seed['rate']:.0f} | {seed['seconds']:.2f} | "
+        lines.append(f"| seed consumer.py | classic | 1 / 1 / - | {seed['rate']:.0f} | - | {seed['seconds']:.2f} | "
                      f"{seed['rows']} | {seed['left_in_queue']} | 1.0x | (Python, not sampled) |")
-    kinds = [k for k in ("classic", "quorum") if k in r]
-    for kind in kinds:
-        s = r[kind]
+    for name, kind, setting in runs:
+        s = r[name]
         ratio = f"{s['rate'] / seed['rate']:.1f}x" if seed else "n/a"
+        st = " / ".join(str(x) for x in (setting or (100, 100, 20))) + ("" if setting else " (defaults)")
         lines.append(
-            f"| swappo-notifications | {kind} | {s['rate']:.0f} | {s['seconds']:.2f} | "
+            f"| swappo-notifications | {kind} | {st} | {s['rate']:.0f} | {s['startup']:.2f} | {s['seconds']:.2f} | "
             f"{s['rows']} ({s['distinct']} distinct ids) | {s['left_in_queue']} | {ratio} | "
-            f"{s['rss_peak_mib']:.1f} / {s['rss_median_mib']:.1f} MiB |")
+            f"{s['rss_peak_mib']:.1f} MiB |")
+    names = [name for name, _, _ in runs]
     lines += [
         "",
-        "The like-for-like comparison is the classic-queue row (the seed declares a plain classic "
+        "The like-for-like comparison is a classic-queue row (the seed declares a plain classic "
         "queue). Dead-lettered during the run: "
-        + ", ".join(f"{k} {r[k]['dlq']}" for k in kinds)
-        + "; service exit codes after SIGTERM: " + ", ".join(str(r[k]["exit"]) for k in kinds) + ".",
+        + ", ".join(f"{k} {r[k]['dlq']}" for k in names)
+        + "; service exit codes after SIGTERM: " + ", ".join(str(r[k]["exit"]) for k in names) + ".",
         "",
     ]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
-    bad = [k for k in kinds if r[k]["rows"] != n or r[k]["distinct"] != n
-           or r[k]["left_in_queue"] != 0]
-    if seed and seed["rows"] != n:
+    bad = [k for k in names if r[k]["rows"] != n or r[k]["distinct"] != n or r[k]["left_in_queue"] != 0]
+    if seed and seed["rows"] != a.seed_n:
         bad.append("seed")
     if bad:
         raise SystemExit(f"events lost or duplicated for: {bad}")

@@ -64,6 +64,13 @@ pub struct Config {
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value_t = 5000)]
     pub outbox_poll_interval_ms: u64,
 
+    /// Wake the relay at once on each commit (in-process, and PostgreSQL LISTEN/NOTIFY across
+    /// replicas). `false`: the relay only polls every `OUTBOX_POLL_INTERVAL_MS` (for a
+    /// database path without LISTEN, such as PgBouncer in transaction mode; set the poll
+    /// interval to the delay you accept then).
+    #[arg(long, env = "OUTBOX_WAKE_ON_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbox_wake_on_commit: bool,
+
     /// Cap of the relay's retry delay while the broker is unreachable, in milliseconds.
     #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = 30_000)]
     pub outbox_max_backoff_ms: u64,
@@ -113,6 +120,7 @@ impl Config {
         crate::relay::RelayOptions {
             batch_size: self.outbox_batch_size,
             poll_interval: Duration::from_millis(self.outbox_poll_interval_ms),
+            wake_on_commit: self.outbox_wake_on_commit,
             retention: Duration::from_secs(self.outbox_retention_hours * 3600),
             ..Default::default()
         }
@@ -159,6 +167,7 @@ impl std::fmt::Debug for Config {
             .field("outbox_relay", &self.outbox_relay)
             .field("outbox_batch_size", &self.outbox_batch_size)
             .field("outbox_poll_interval_ms", &self.outbox_poll_interval_ms)
+            .field("outbox_wake_on_commit", &self.outbox_wake_on_commit)
             .field("outbox_max_backoff_ms", &self.outbox_max_backoff_ms)
             .field("outbox_retention_hours", &self.outbox_retention_hours)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
@@ -204,6 +213,24 @@ mod tests {
             !text.contains("dbsecret") && !text.contains("mqsecret"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_relay_wakes_on_commit_unless_told_to_poll_only() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["m", "--database-url", "x"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap().relay_options()
+        };
+        assert!(parse(&[]).wake_on_commit);
+        let polling = parse(&[
+            "--outbox-wake-on-commit",
+            "false",
+            "--outbox-poll-interval-ms",
+            "50",
+        ]);
+        assert!(!polling.wake_on_commit);
+        assert_eq!(polling.poll_interval, Duration::from_millis(50));
     }
 
     #[test]

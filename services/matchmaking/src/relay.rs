@@ -51,6 +51,11 @@ pub struct RelayOptions {
     pub batch_size: i64,
     /// Longest sleep between rounds when nothing wakes the relay.
     pub poll_interval: Duration,
+    /// Wake up at once on a commit (this replica's [`Notify`] and PostgreSQL `NOTIFY` from
+    /// any replica). Off: the relay finds new rows only by polling every `poll_interval`
+    /// (for databases or proxies without LISTEN, such as PgBouncer in transaction mode, and
+    /// to measure what the wake-up is worth: `make bench-latency`).
+    pub wake_on_commit: bool,
     /// Retry delays after consecutive failed rounds (jittered, capped).
     pub backoff: Backoff,
     /// Longest wait for a batch's confirms; the claimed rows stay locked meanwhile. A guard
@@ -76,6 +81,7 @@ impl Default for RelayOptions {
             // Commits wake the relay at once (Notify / LISTEN); the poll only catches a missed
             // notification, so 5 s bounds the worst-case delay without busy polling.
             poll_interval: Duration::from_secs(5),
+            wake_on_commit: true,
             // 200 ms doubling to 30 s: a broker restart is ridden out within a second or
             // two; a long outage costs one publish attempt per 15-30 s per replica.
             backoff: Backoff {
@@ -177,11 +183,13 @@ impl Relay {
     /// or until an injected fault fires. Database and broker failures are retried, never fatal.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let listener_stop = shutdown.child_token();
-        let listener = tokio::spawn(listen(
-            self.pool.clone(),
-            self.wake.clone(),
-            listener_stop.clone(),
-        ));
+        let listener = self.options.wake_on_commit.then(|| {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.wake.clone(),
+                listener_stop.clone(),
+            ))
+        });
         // Connects in the background and reconnects by itself; publishes wait for it up to
         // its connect_wait, then fail and the relay backs off.
         let publisher = Publisher::start(self.broker.clone(), self.publisher_options.clone());
@@ -193,7 +201,9 @@ impl Relay {
         self.status.set(Some(publisher.clone()));
         let result = self.run_rounds(&publisher, &shutdown).await;
         listener_stop.cancel();
-        let _ = listener.await;
+        if let Some(listener) = listener {
+            let _ = listener.await;
+        }
         if let Some(p) = self.status.current() {
             p.close().await;
         }
@@ -248,7 +258,7 @@ impl Relay {
                 _ = tokio::time::sleep(sleep) => {}
                 // After a failure only the backoff ends the pause: a burst of commits must
                 // not turn an outage into a retry storm.
-                _ = self.wake.notified(), if pause.is_none() => {}
+                _ = self.wake.notified(), if pause.is_none() && self.options.wake_on_commit => {}
             }
         }
         Ok(())

@@ -101,6 +101,7 @@ fn fast_options() -> RelayOptions {
         // Small batches and short waits so the tests exercise many rounds quickly.
         batch_size: 20,
         poll_interval: Duration::from_millis(500),
+        wake_on_commit: true,
         backoff: Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
@@ -705,6 +706,41 @@ async fn a_database_outage_fails_requests_with_503_and_the_relay_resumes_by_itse
         types,
         vec![EventType::TradeOfferReceived, EventType::TradeOfferAccepted]
     );
+    relay.stop().await;
+    instance.stop().await;
+}
+
+/// With the commit wake-ups off (`OUTBOX_WAKE_ON_COMMIT=false`) the poll alone finds every
+/// change: the relay neither LISTENs nor waits for this replica's commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_only_polls_still_publishes_every_change_once() {
+    let bus = Bus::new().await;
+    let db = TestDb::new("mm_").await;
+    let pool = pool(&db).await;
+    let mut service = Service::new(pool.clone());
+    let options = RelayOptions {
+        wake_on_commit: false,
+        poll_interval: Duration::from_millis(100),
+        ..fast_options()
+    };
+    let relay = start_relay(&mut service, bus.vhost.amqp_url(), options);
+    let instance = Instance::start(&service).await;
+    let api = Api::new(&instance.base);
+
+    let mut offers = Vec::new();
+    for i in 0..30 {
+        let id = api
+            .create(&format!("p{i}"), &format!("r{i}"), &[1], &[2])
+            .await;
+        api.must_patch(id, &format!("r{i}"), "accepted").await;
+        offers.push(id);
+    }
+    bus.wait_depth(60).await;
+    wait_until_sent(&pool).await;
+    let got = bus.drain().await;
+    let ids: HashSet<Uuid> = got.iter().map(|(_, e)| e.id).collect();
+    assert_eq!(ids.len(), 60, "each change once");
+    assert_eq!(ids, outbox_ids(&pool).await);
     relay.stop().await;
     instance.stop().await;
 }

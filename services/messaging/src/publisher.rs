@@ -456,6 +456,11 @@ impl Task {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut returned: HashSet<String> = HashSet::new();
         let mut health = tokio::time::interval(Duration::from_millis(500));
+        // One timer for the oldest message's deadline, moved when the front changes: a new
+        // timer per turn of the loop (one turn per message) cost a timer-wheel insert and
+        // removal per message.
+        let overdue = tokio::time::sleep(self.options.confirm_timeout);
+        tokio::pin!(overdue);
         let mut accepting = true;
         loop {
             if !accepting && inflight.is_empty() {
@@ -471,6 +476,11 @@ impl Task {
                 }
             }
             let front_deadline = inflight.front().map(|f| f.deadline);
+            if let Some(deadline) = front_deadline
+                && overdue.deadline() != deadline
+            {
+                overdue.as_mut().reset(deadline);
+            }
             let can_send = accepting && !blocked && inflight.len() < self.options.window;
             enum Step {
                 Confirmed(lapin::Result<Confirmation>),
@@ -498,7 +508,7 @@ impl Task {
                     r = front_confirm, if front_deadline.is_some() => Step::Confirmed(r),
                     _ = self.shutdown.cancelled(), if accepting => Step::Shutdown,
                     _ = health.tick() => Step::Health,
-                    _ = tokio::time::sleep_until(front_deadline.unwrap_or_else(Instant::now)), if front_deadline.is_some() => Step::TimedOut,
+                    _ = &mut overdue, if front_deadline.is_some() => Step::TimedOut,
                     r = next_request, if can_send => match r { Some(r) => Step::Send(r), None => Step::HandlesGone },
                 }
             };
@@ -508,8 +518,19 @@ impl Task {
                     let group = settle_group(front, first, &mut inflight);
                     self.settle(group, &mut returned);
                 }
-                Step::Send(request) => {
-                    if let Err(e) = self.send(channel, request, &mut inflight).await {
+                Step::Send(first) => {
+                    // Every request already waiting goes out in this turn (up to the window):
+                    // one pass through the select per message cost more than the publish.
+                    let mut next = Some(first);
+                    let mut result = Ok(());
+                    while let Some(request) = next.take() {
+                        result = self.send(channel, request, &mut inflight).await;
+                        if result.is_err() || inflight.len() >= self.options.window {
+                            break;
+                        }
+                        next = self.pending.pop_front().or_else(|| self.rx.try_recv().ok());
+                    }
+                    if let Err(e) = result {
                         warn!(error = %e, "publish failed to write; reconnecting");
                         self.last_error = Some(e.to_string());
                         self.fail_inflight(
