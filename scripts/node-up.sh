@@ -256,6 +256,10 @@ start_node() {
 # verify_node: the node is Ready, CoreDNS and the StorageClass are applied and DNS answers.
 verify_node() {
   wait_up kubelet "$READY_TIMEOUT" real_node_ready
+  # A running node can have lost its images (the kubelet's eviction at < 1 % free disk deletes
+  # unused images, and they cannot be pulled back): import again what containerd lacks (checks
+  # digests only when all are there, under a second).
+  bash "$root/images/build.sh" --import node
   kubectl_ apply -f "$root/hack/testplane/node/coredns.yaml" >/dev/null
   kubectl_ apply -f "$root/hack/testplane/node/storage.yaml" >/dev/null
   wait_up kubelet "$READY_TIMEOUT" kubectl_ -n kube-system rollout status deployment/coredns --timeout=5s
