@@ -1,8 +1,6 @@
-//! Reads everything the live view, the drill and the account use, each from its source of
-//! truth: the control plane (pods, the Deployment, the resource, Events), the broker's
-//! management API (on the broker pod, found by its labels) and the two services' databases.
-use crate::broker::{self, Management, QueueCounts};
-use crate::cluster::{self, PodRow};
+//! Reads everything the live view and the summary show, each from its source of truth: the
+//! broker's management API, the control plane, and the two services' databases.
+use crate::broker::{Management, QueueCounts};
 use crate::view::Snapshot;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
@@ -11,16 +9,12 @@ use kube::api::ListParams;
 use sqlx::PgPool;
 use std::time::Duration;
 use swappo_operator::crd::SwappoMessaging;
-use tokio::sync::Mutex;
 
 /// The longest one source may take before it shows as `?` in this refresh.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Characters of one Event line in the view: 4 of indent + 74 fit an 80-column terminal.
 const MAX_EVENT_LINE: usize = 74;
-
-/// The management API's port on the broker pod.
-const MANAGEMENT_PORT: u16 = 15672;
 
 /// Counts from the databases.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,26 +29,22 @@ pub struct DbCounts {
 
 /// Where to look.
 pub struct Observer {
+    /// Management API (administrator).
+    pub management: Management,
     /// The control plane.
     pub client: kube::Client,
     /// Namespace of the demo.
     pub namespace: String,
     /// SwappoMessaging name.
     pub name: String,
-    /// Consumer Deployment name (its pods carry it as `app.kubernetes.io/name`).
+    /// Consumer Deployment name.
     pub deployment: String,
-    /// Matchmaking Deployment name (likewise).
-    pub matchmaking: String,
     /// The queue.
     pub queue: String,
-    /// The broker login from the operator's Secret: user and password.
-    pub login: (String, String),
     /// The matchmaking database.
-    pub matchmaking_db: PgPool,
+    pub matchmaking: PgPool,
     /// The notifications database.
-    pub notifications_db: PgPool,
-    /// The management client of the broker pod last seen serving, with its IP.
-    broker: Mutex<Option<(String, Management)>>,
+    pub notifications: PgPool,
 }
 
 async fn within<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
@@ -62,104 +52,33 @@ async fn within<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
 }
 
 impl Observer {
-    /// An observer; the broker is looked up on each refresh.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: kube::Client,
-        namespace: String,
-        name: String,
-        deployment: String,
-        matchmaking: String,
-        queue: String,
-        login: (String, String),
-        matchmaking_db: PgPool,
-        notifications_db: PgPool,
-    ) -> Self {
-        Self {
-            client,
-            namespace,
-            name,
-            deployment,
-            matchmaking,
-            queue,
-            login,
-            matchmaking_db,
-            notifications_db,
-            broker: Mutex::new(None),
-        }
-    }
-
-    /// The selector of the consumer pods.
-    pub fn consumer_selector(&self) -> [(&str, &str); 1] {
-        [(cluster::NAME_LABEL, self.deployment.as_str())]
-    }
-
-    /// The selector of the matchmaking pods.
-    pub fn matchmaking_selector(&self) -> [(&str, &str); 1] {
-        [(cluster::NAME_LABEL, self.matchmaking.as_str())]
-    }
-
-    /// The management API of the serving broker pod among `pods`, if any.
-    pub async fn management(&self, pods: &[PodRow]) -> Option<Management> {
-        let ip = cluster::serving(pods, &cluster::broker_selector(&self.name))?
-            .ip
-            .clone()?;
-        let mut cached = self.broker.lock().await;
-        if let Some((known, m)) = cached.as_ref()
-            && *known == ip
-        {
-            return Some(m.clone());
-        }
-        let m = Management::new(
-            &format!("http://{ip}:{MANAGEMENT_PORT}"),
-            &self.login.0,
-            &self.login.1,
-        )
-        .ok()?;
-        *cached = Some((ip, m.clone()));
-        Some(m)
-    }
-
-    /// The queue's counts (`None`: unknown), the dead-letter queue's, and the pod IPs of
-    /// consumers holding unacknowledged messages.
-    pub async fn queues(&self, pods: &[PodRow]) -> (Option<QueueCounts>, Option<u64>, Vec<String>) {
-        let Some(m) = self.management(pods).await else {
-            return (None, None, vec![]);
-        };
+    /// The queue's counts (`None`: unknown), and the dead-letter queue's.
+    pub async fn queues(&self) -> (Option<QueueCounts>, Option<u64>) {
         let dlq = format!("{}.dlq", self.queue);
-        let (q, d, channels) = tokio::join!(
-            within(m.queue(&self.queue)),
-            within(m.queue(&dlq)),
-            within(m.channels()),
+        let (q, d) = tokio::join!(
+            within(self.management.queue(&self.queue)),
+            within(self.management.queue(&dlq)),
         );
         // A queue that does not exist (yet) holds nothing.
         (
             q.map(Option::unwrap_or_default),
             d.map(|d| d.unwrap_or_default().messages),
-            channels
-                .map(|c| broker::mid_batch_peers(&c))
-                .unwrap_or_default(),
         )
     }
 
-    /// Outbox and notification counts. The tables appear with each service's migrations;
-    /// until then nothing is there.
+    /// Outbox and notification counts. The notifications table appears with the first
+    /// consumer's migrations; until then nothing is stored.
     pub async fn db(&self) -> Option<DbCounts> {
         let outbox = within(
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT CASE WHEN to_regclass('outbox') IS NULL THEN 0 \
-                 ELSE (SELECT count(*) FROM outbox) END, \
-                 CASE WHEN to_regclass('outbox') IS NULL THEN 0 \
-                 ELSE (SELECT count(sent_at) FROM outbox) END",
-            )
-            .fetch_one(&self.matchmaking_db),
+            sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(sent_at) FROM outbox")
+                .fetch_one(&self.matchmaking),
         );
         let stored = within(
             sqlx::query_scalar::<_, i64>(
                 "SELECT CASE WHEN to_regclass('notifications') IS NULL THEN 0 \
                  ELSE (SELECT count(*) FROM notifications) END",
             )
-            .fetch_one(&self.notifications_db),
+            .fetch_one(&self.notifications),
         );
         let (outbox, stored) = tokio::join!(outbox, stored);
         let (outbox, published) = outbox?;
@@ -180,22 +99,19 @@ impl Observer {
         ))
     }
 
-    /// Fills `s` from every source; the pods and the mid-batch consumers go to the caller too.
-    pub async fn fill(&self, s: &mut Snapshot) -> (Vec<PodRow>, Vec<String>) {
-        let pods = within(cluster::pods(&self.client, &self.namespace))
-            .await
-            .unwrap_or_default();
+    /// Fills the control-plane and broker parts of `s`.
+    pub async fn fill(&self, s: &mut Snapshot) {
         let sms: Api<SwappoMessaging> = Api::namespaced(self.client.clone(), &self.namespace);
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = ListParams::default();
         let (queues, db, deployment, sm, events) = tokio::join!(
-            self.queues(&pods),
+            self.queues(),
             self.db(),
             self.deployment(),
             within(sms.get(&self.name)),
             within(events.list(&list)),
         );
-        let (queue, dlq, mid_batch) = queues;
+        let (queue, dlq) = queues;
         s.ready = queue.map(|q| q.messages_ready);
         s.unacked = queue.map(|q| q.messages_unacknowledged);
         s.queue_consumers = queue.map(|q| q.consumers);
@@ -241,35 +157,6 @@ impl Observer {
         if let Some(list) = events {
             s.events = operator_events(list.items, 4);
         }
-        s.pods = pods.clone();
-        (pods, mid_batch)
-    }
-
-    /// The three id lists of the account: confirmed outbox ids, stored ids (one per row) and
-    /// dead-lettered ids (peeked from the DLQ, which keeps them).
-    pub async fn ids(&self, dead_lettered: u64) -> anyhow::Result<[Vec<String>; 3]> {
-        use anyhow::Context as _;
-        let confirmed: Vec<String> =
-            sqlx::query_scalar("SELECT event_id::text FROM outbox WHERE sent_at IS NOT NULL")
-                .fetch_all(&self.matchmaking_db)
-                .await
-                .context("reading the confirmed outbox ids")?;
-        let stored: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM notifications")
-            .fetch_all(&self.notifications_db)
-            .await
-            .context("reading the stored ids")?;
-        let mut dead = vec![];
-        if dead_lettered > 0 {
-            let pods = cluster::pods(&self.client, &self.namespace).await?;
-            let m = self
-                .management(&pods)
-                .await
-                .context("no serving broker pod to read the dead-letter queue from")?;
-            dead = m
-                .peek_ids(&format!("{}.dlq", self.queue), dead_lettered)
-                .await?;
-        }
-        Ok([confirmed, stored, dead])
     }
 }
 
