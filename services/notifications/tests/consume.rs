@@ -1,13 +1,15 @@
 //! The service end to end: events published to a real RabbitMQ (a vhost of its own) are
 //! stored in a real PostgreSQL; redeliveries, a database outage (a private PostgreSQL server
 //! stopped for 20 s) and a SIGKILLed process lose nothing and duplicate nothing.
+mod common;
+
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use swappo_messaging::{BrokerConfig, EventType, NotificationEvent, Publisher, PublisherOptions};
 use swappo_notifications::app::{self, Service};
-use swappo_notifications::config::{Config, LogFormat, QueueType};
+use swappo_notifications::config::Config;
 use swappo_notifications::storage::Storage;
 use swappo_testkit::{PrivatePostgres, TestDb, TestVhost};
 use tokio_util::sync::CancellationToken;
@@ -18,27 +20,8 @@ const GUARD: Duration = Duration::from_secs(120);
 
 fn config(database_url: &str, amqp_url: &str) -> Config {
     Config {
-        database_url: database_url.to_string(),
-        db_max_connections: 4,
-        db_acquire_timeout_secs: 1,
-        rabbitmq_url: Some(amqp_url.to_string()),
-        rabbitmq_host: "unused".into(),
-        rabbitmq_port: 5672,
-        rabbitmq_user: "unused".into(),
-        rabbitmq_password: "unused".into(),
-        rabbitmq_vhost: "/".into(),
-        queue: QUEUE.into(),
-        queue_type: QueueType::Quorum,
-        declare_queue: true,
-        max_deliveries: 5,
         prefetch: 200,
-        batch_size: 100,
-        batch_linger_ms: 20,
-        notification_retention_days: 365,
-        tombstone_retention_days: 90,
-        bind_addr: "127.0.0.1:0".parse().unwrap(),
-        cors_allowed_origins: vec!["*".into()],
-        log_format: LogFormat::Text,
+        ..common::service_config(database_url, amqp_url, QUEUE)
     }
 }
 

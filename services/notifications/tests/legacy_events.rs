@@ -2,6 +2,8 @@
 //! migration that replaced the consumer first (issue 16): messages built exactly as
 //! `rabbitmq_publisher.py` builds them, on a queue declared exactly as the original services
 //! declare it (classic, durable, no arguments), consumed by the real service.
+mod common;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -9,7 +11,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use swappo_notifications::app::{self, Service};
-use swappo_notifications::config::{Config, LogFormat, QueueType};
+use swappo_notifications::config::{Config, QueueType};
 use swappo_notifications::storage::Storage;
 use swappo_testkit::{TestDb, TestVhost};
 use tokio_util::sync::CancellationToken;
@@ -160,29 +162,11 @@ impl OriginalPublisher {
 
 fn config(database_url: &str, amqp_url: &str) -> Config {
     Config {
-        database_url: database_url.to_string(),
-        db_max_connections: 4,
-        db_acquire_timeout_secs: 1,
-        rabbitmq_url: Some(amqp_url.to_string()),
-        rabbitmq_host: "unused".into(),
-        rabbitmq_port: 5672,
-        rabbitmq_user: "unused".into(),
-        rabbitmq_password: "unused".into(),
-        rabbitmq_vhost: "/".into(),
-        queue: QUEUE.into(),
         // The legacy queue is classic: the consumer counts deliveries itself.
         queue_type: QueueType::Classic,
         // Declared beforehand as the operator declares a `legacy: true` queue.
         declare_queue: false,
-        max_deliveries: 5,
-        prefetch: 100,
-        batch_size: 100,
-        batch_linger_ms: 20,
-        notification_retention_days: 365,
-        tombstone_retention_days: 90,
-        bind_addr: "127.0.0.1:0".parse().unwrap(),
-        cors_allowed_origins: vec!["*".into()],
-        log_format: LogFormat::Text,
+        ..common::service_config(database_url, amqp_url, QUEUE)
     }
 }
 
