@@ -6,8 +6,8 @@
 #
 # Usage: images/build.sh [--import] [SET|IMAGE...]
 #   sets:   node  pause, coredns, debian (what cluster-up needs)       [default: all]
-#           app   the operator and both services (release binaries; `make test` with
-#                 SWAPPO_APP_IMAGES=1)
+#           app   the operator and both services (release binaries; `make test` builds
+#                 them unless SWAPPO_APP_IMAGES=0)
 #           all   node + rabbitmq + app
 #   --import  also import into the running node's containerd whatever it lacks or holds stale
 #   --import-if-up  the same when the node's containerd runs, else only build

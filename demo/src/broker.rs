@@ -1,5 +1,6 @@
-//! The few RabbitMQ management API calls the demo makes: the user matching the operator's
-//! Secret, queue counts, and a clean queue at the start.
+//! The few RabbitMQ management API calls the demo makes on the operator's broker pod, with the
+//! login from the operator's Secret: queue counts, the channels holding unacknowledged
+//! messages (which consumer is mid-batch), and the ids of dead-lettered messages.
 use crate::config::encode;
 use reqwest::{Client, StatusCode, Url};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The URL is unusable (not repeated: it holds a password).
-    #[error("RABBITMQ_MANAGEMENT_URL is not a URL")]
+    #[error("the management API address is not a URL")]
     Url,
     /// Transport failure.
     #[error("management API {what}: {source}")]
@@ -46,7 +47,7 @@ pub struct QueueCounts {
     pub consumers: u64,
 }
 
-/// A management API client authenticated as the administrator of the local broker.
+/// A management API client of one broker, logged in with the operator's Secret.
 #[derive(Clone)]
 pub struct Management {
     base: Url,
@@ -55,14 +56,42 @@ pub struct Management {
     client: Client,
 }
 
+/// One AMQP channel as the management API lists it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct Channel {
+    /// Messages delivered on it, not yet acknowledged.
+    #[serde(default)]
+    pub messages_unacknowledged: u64,
+    /// Where the connection comes from: `{"peer_host": ..., ...}`, or `[]` when RabbitMQ has
+    /// no details (kept as JSON and read leniently).
+    #[serde(default)]
+    pub connection_details: serde_json::Value,
+}
+
+impl Channel {
+    /// The client's address (a pod IP), when known.
+    pub fn peer_host(&self) -> Option<&str> {
+        self.connection_details.get("peer_host")?.as_str()
+    }
+}
+
+/// Pod IPs whose channels hold unacknowledged messages, most first: consumers mid-batch.
+pub fn mid_batch_peers(channels: &[Channel]) -> Vec<String> {
+    let mut by_peer: std::collections::BTreeMap<&str, u64> = Default::default();
+    for c in channels.iter().filter(|c| c.messages_unacknowledged > 0) {
+        if let Some(peer) = c.peer_host() {
+            *by_peer.entry(peer).or_default() += c.messages_unacknowledged;
+        }
+    }
+    let mut peers: Vec<(&str, u64)> = by_peer.into_iter().collect();
+    peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    peers.into_iter().map(|(p, _)| p.to_string()).collect()
+}
+
 impl Management {
-    /// A client for `http://user:pass@host:port`.
-    pub fn new(url: &str) -> Result<Self, BrokerError> {
-        let mut base = Url::parse(url).map_err(|_| BrokerError::Url)?;
-        let user = base.username().to_string();
-        let password = base.password().unwrap_or_default().to_string();
-        base.set_username("").map_err(|_| BrokerError::Url)?;
-        base.set_password(None).map_err(|_| BrokerError::Url)?;
+    /// A client for the management API at `base` (`http://host:port`) as `user`.
+    pub fn new(base: &str, user: &str, password: &str) -> Result<Self, BrokerError> {
+        let base = Url::parse(base).map_err(|_| BrokerError::Url)?;
         let client = Client::builder()
             // A live view must not hang on one slow answer.
             .timeout(Duration::from_secs(5))
@@ -73,8 +102,8 @@ impl Management {
             })?;
         Ok(Self {
             base,
-            user,
-            password,
+            user: user.to_string(),
+            password: password.to_string(),
             client,
         })
     }
@@ -103,43 +132,6 @@ impl Management {
         url
     }
 
-    /// Creates (or updates) `user` with `password` and full permissions on vhost `/`. Tagged
-    /// `administrator`, like the default user of the broker the operator runs.
-    pub async fn put_user(&self, user: &str, password: &str) -> Result<(), BrokerError> {
-        let u = encode(user);
-        let body = serde_json::json!({"password": password, "tags": "administrator"});
-        self.send(
-            self.client
-                .put(self.url(&format!("/api/users/{u}")))
-                .json(&body),
-            "create user",
-            false,
-        )
-        .await?;
-        let perms = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
-        self.send(
-            self.client
-                .put(self.url(&format!("/api/permissions/%2F/{u}")))
-                .json(&perms),
-            "set permissions",
-            false,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Deletes `user`; a missing user is fine.
-    pub async fn delete_user(&self, user: &str) -> Result<(), BrokerError> {
-        let u = encode(user);
-        self.send(
-            self.client.delete(self.url(&format!("/api/users/{u}"))),
-            "delete user",
-            true,
-        )
-        .await
-        .map(|_| ())
-    }
-
     /// Counts of `queue` in vhost `/`; `None` when it does not exist.
     pub async fn queue(&self, queue: &str) -> Result<Option<QueueCounts>, BrokerError> {
         let q = encode(queue);
@@ -162,55 +154,97 @@ impl Management {
             })
     }
 
-    /// Closes every AMQP connection of `user` (a broker outage as its clients see it, without
-    /// touching anybody else's connections); returns how many were closed.
-    pub async fn close_connections_of(&self, user: &str) -> Result<usize, BrokerError> {
-        #[derive(serde::Deserialize)]
-        struct Conn {
-            name: String,
-            #[serde(default)]
-            user: String,
-        }
+    /// Every AMQP channel of the broker.
+    pub async fn channels(&self) -> Result<Vec<Channel>, BrokerError> {
         let Some(resp) = self
             .send(
-                self.client.get(self.url("/api/connections")),
-                "connections",
+                self.client.get(self.url("/api/channels")),
+                "channels",
                 false,
             )
             .await?
         else {
-            return Ok(0);
+            return Ok(vec![]);
         };
-        let conns: Vec<Conn> = resp.json().await.map_err(|source| BrokerError::Http {
-            what: "connections",
+        resp.json().await.map_err(|source| BrokerError::Http {
+            what: "channels",
             source,
-        })?;
-        let mut closed = 0;
-        for c in conns.iter().filter(|c| c.user == user) {
-            let name = encode(&c.name);
-            self.send(
-                self.client
-                    .delete(self.url(&format!("/api/connections/{name}")))
-                    .header("X-Reason", "swappo demo: broker outage drill"),
-                "close connection",
-                true,
-            )
-            .await?;
-            closed += 1;
-        }
-        Ok(closed)
+        })
     }
 
-    /// Deletes `queue` in vhost `/`; a missing queue is fine.
-    pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+    /// The `message_id`s of up to `count` messages of `queue`, read and requeued (the
+    /// messages stay where they are).
+    pub async fn peek_ids(&self, queue: &str, count: u64) -> Result<Vec<String>, BrokerError> {
+        #[derive(serde::Deserialize)]
+        struct Message {
+            #[serde(default)]
+            properties: Properties,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct Properties {
+            #[serde(default)]
+            message_id: Option<String>,
+        }
+        if count == 0 {
+            return Ok(vec![]);
+        }
         let q = encode(queue);
-        self.send(
-            self.client
-                .delete(self.url(&format!("/api/queues/%2F/{q}"))),
-            "delete queue",
-            true,
-        )
-        .await
-        .map(|_| ())
+        let body = serde_json::json!({
+            "count": count, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 1024,
+        });
+        let Some(resp) = self
+            .send(
+                self.client
+                    .post(self.url(&format!("/api/queues/%2F/{q}/get")))
+                    .json(&body),
+                "get messages",
+                true,
+            )
+            .await?
+        else {
+            return Ok(vec![]);
+        };
+        let messages: Vec<Message> = resp.json().await.map_err(|source| BrokerError::Http {
+            what: "get messages",
+            source,
+        })?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| m.properties.message_id)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(peer: &str, unacked: u64) -> Channel {
+        Channel {
+            messages_unacknowledged: unacked,
+            connection_details: serde_json::json!({"peer_host": peer, "peer_port": 40000}),
+        }
+    }
+
+    #[test]
+    fn the_consumer_holding_most_unacknowledged_messages_comes_first() {
+        let peers = mid_batch_peers(&[
+            channel("10.246.0.7", 0),
+            channel("10.246.0.8", 3),
+            channel("10.246.0.9", 40),
+            channel("10.246.0.8", 2),
+        ]);
+        assert_eq!(peers, ["10.246.0.9", "10.246.0.8"]);
+        assert!(mid_batch_peers(&[channel("10.246.0.7", 0)]).is_empty());
+    }
+
+    #[test]
+    fn a_channel_without_connection_details_has_no_peer() {
+        let json = r#"[{"messages_unacknowledged": 12, "connection_details": {"peer_host": "10.246.0.5"}},
+                      {"messages_unacknowledged": 4, "connection_details": []}]"#;
+        let channels: Vec<Channel> = serde_json::from_str(json).unwrap();
+        assert_eq!(channels[0].peer_host(), Some("10.246.0.5"));
+        assert_eq!(channels[1].peer_host(), None);
+        assert_eq!(mid_batch_peers(&channels), ["10.246.0.5"]);
     }
 }

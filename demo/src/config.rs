@@ -6,10 +6,11 @@ use std::time::Duration;
 #[derive(Clone, clap::Parser)]
 #[command(
     name = "swappo-demo",
-    about = "Runs the operator and both services locally, drives offers through them, shows what happens"
+    about = "Drives trade offers through the operator, broker and services running as pods on the real node, shows what happens, drills outages and accounts for every event"
 )]
 pub struct Config {
-    /// Seconds of load before the unattended summary; without it the demo runs until Ctrl-C.
+    /// Seconds of load before the unattended summary (at least until the outage drill has
+    /// recovered); without it the demo runs until Ctrl-C.
     #[arg(long, env = "DEMO_DURATION")]
     pub duration: Option<u64>,
 
@@ -17,31 +18,35 @@ pub struct Config {
     #[arg(long, env = "DEMO_DRAIN_SECONDS", default_value_t = 90)]
     pub drain_seconds: u64,
 
-    /// Outage drill: 30 s into the load (mid-burst), close every broker connection of the
-    /// services, as a broker restart would; they reconnect and the account must still balance.
-    /// On by default (`DEMO_OUTAGE=false` turns it off).
+    /// Outage drill, each fault once its predecessor recovered: the broker pod deleted, a
+    /// consumer pod's process killed mid-batch, the database restarted. On by default
+    /// (`DEMO_OUTAGE=false` turns it off).
     #[arg(long, env = "DEMO_OUTAGE", default_value_t = true, action = clap::ArgAction::Set)]
     pub outage: bool,
 
-    /// Namespace of the demo's SwappoMessaging and Deployment.
+    /// Namespace of the demo: the operator, the SwappoMessaging, the services.
     #[arg(long, env = "DEMO_NAMESPACE", default_value = "swappo-demo", value_parser = dns_label)]
     pub namespace: String,
 
-    /// Name of the SwappoMessaging (its Secret is `<name>-rabbitmq`).
+    /// Name of the SwappoMessaging.
     #[arg(long, env = "DEMO_NAME", default_value = "swappo")]
     pub name: String,
 
-    /// The consumer Deployment the operator scales.
+    /// The broker credentials Secret (the resource's `status.broker.secretName`).
+    #[arg(long, env = "DEMO_SECRET")]
+    pub secret: String,
+
+    /// The consumer Deployment the operator scales (the services chart's notifications name).
     #[arg(long, env = "DEMO_DEPLOYMENT", default_value = "notifications-service")]
     pub deployment: String,
+
+    /// The matchmaking Deployment (the services chart's matchmaking name).
+    #[arg(long, env = "DEMO_MATCHMAKING", default_value = "matchmaking-service")]
+    pub matchmaking: String,
 
     /// The queue (vhost `/`, where the operator declares and measures it).
     #[arg(long, env = "DEMO_QUEUE", default_value = "notifications_queue")]
     pub queue: String,
-
-    /// Most local consumer processes, whatever the replicas: each competes for the same cores.
-    #[arg(long, env = "DEMO_MAX_CONSUMERS", default_value_t = 4)]
-    pub max_consumers: usize,
 
     /// Concurrent load workers (each makes one offer and its status changes at a time).
     #[arg(long, env = "DEMO_WORKERS", default_value_t = 16)]
@@ -51,36 +56,38 @@ pub struct Config {
     #[arg(long, env = "DEMO_USERS", default_value_t = 50)]
     pub users: u32,
 
-    /// Directory of `swappo-operator`, `swappo-matchmaking`, `swappo-notifications`.
-    #[arg(long, env = "DEMO_BIN_DIR")]
-    pub bin_dir: PathBuf,
-
-    /// Logs and pid files of the processes the demo starts.
+    /// Where the demo keeps its state (the database server's directory, logs).
     #[arg(long, env = "DEMO_STATE_DIR")]
     pub state_dir: PathBuf,
 
-    /// First of the loopback ports: operator +0, matchmaking +1, consumer i +10+i.
-    #[arg(long, env = "DEMO_PORT_BASE", default_value_t = 18080)]
-    pub port_base: u16,
-
-    /// Admin PostgreSQL URL; the demo (re)creates `swappo_demo_matchmaking` and
-    /// `swappo_demo_notifications` on the same server.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    /// Admin URL of the demo's PostgreSQL on loopback; the services' databases
+    /// (`<namespace>_matchmaking`, `<namespace>_notifications`) live on the same server.
+    #[arg(long, env = "DEMO_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Management API of the local broker, as an administrator (creates the demo's user).
-    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
-    pub management_url: String,
+    /// The data directory of the demo's PostgreSQL (the drill restarts that server).
+    #[arg(long, env = "DEMO_PG_DATA")]
+    pub pg_data: PathBuf,
 
-    /// AMQP `host:port` of the local broker: the operator's development override and the
-    /// services' broker.
-    #[arg(long, env = "DEMO_AMQP_ADDRESS", default_value = "127.0.0.1:5672")]
-    pub amqp_address: String,
+    /// Directory of PostgreSQL's server binaries (`pg_ctl`).
+    #[arg(
+        long,
+        env = "DEMO_PG_BIN_DIR",
+        default_value = "/usr/lib/postgresql/15/bin"
+    )]
+    pub pg_bin_dir: PathBuf,
 
-    /// Extra flags for `swappo-operator`, space-separated (for example a development override
-    /// the operator gains later); never secrets, they show in `ps`.
-    #[arg(long, env = "DEMO_OPERATOR_ARGS", default_value = "")]
-    pub operator_args: String,
+    /// `crictl` of the real node (the drill kills a consumer's container through it).
+    #[arg(long, env = "DEMO_CRICTL")]
+    pub crictl: PathBuf,
+
+    /// The real node's containerd socket.
+    #[arg(long, env = "DEMO_CONTAINERD_SOCK")]
+    pub containerd_sock: PathBuf,
+
+    /// When `make demo` started (Unix seconds): the view shows how long start-up took.
+    #[arg(long, env = "DEMO_STARTED_AT")]
+    pub started_at: Option<u64>,
 
     /// Kubeconfig of the local control plane.
     #[arg(long, env = "KUBECONFIG")]
@@ -92,11 +99,6 @@ impl Config {
     pub fn duration(&self) -> Option<Duration> {
         self.duration.map(Duration::from_secs)
     }
-
-    /// Loopback address of port `base + offset`.
-    pub fn addr(&self, offset: u16) -> String {
-        format!("127.0.0.1:{}", self.port_base + offset)
-    }
 }
 
 impl std::fmt::Debug for Config {
@@ -106,15 +108,13 @@ impl std::fmt::Debug for Config {
             .field("outage", &self.outage)
             .field("namespace", &self.namespace)
             .field("name", &self.name)
+            .field("secret", &self.secret)
             .field("deployment", &self.deployment)
+            .field("matchmaking", &self.matchmaking)
             .field("queue", &self.queue)
-            .field("max_consumers", &self.max_consumers)
             .field("workers", &self.workers)
-            .field("bin_dir", &self.bin_dir)
             .field("state_dir", &self.state_dir)
-            .field("port_base", &self.port_base)
-            .field("amqp_address", &self.amqp_address)
-            .field("operator_args", &self.operator_args)
+            .field("pg_data", &self.pg_data)
             .finish_non_exhaustive()
     }
 }
@@ -141,12 +141,6 @@ pub fn database_url(admin: &str, database: &str) -> Result<String, NotAUrl> {
     Ok(url.to_string())
 }
 
-/// `amqp://user:password@address/%2f` with user and password percent-encoded (generated
-/// passwords may hold any character).
-pub fn amqp_url(address: &str, user: &str, password: &str) -> String {
-    format!("amqp://{}:{}@{address}/%2f", encode(user), encode(password))
-}
-
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -169,6 +163,17 @@ pub struct NotAUrl(pub &'static str);
 mod tests {
     use super::*;
 
+    /// The flags without a default (the database URL is added by each test).
+    const REQUIRED: [&str; 7] = [
+        "swappo-demo",
+        "--secret=swappo-rabbitmq",
+        "--state-dir=/s",
+        "--pg-data=/s/postgres/data",
+        "--crictl=/b/crictl",
+        "--containerd-sock=/run/c.sock",
+        "--kubeconfig=/k",
+    ];
+
     #[test]
     fn the_demo_databases_live_next_to_the_admin_database() {
         assert_eq!(
@@ -181,15 +186,9 @@ mod tests {
     #[test]
     fn a_namespace_that_is_not_a_dns_label_is_refused() {
         use clap::Parser;
-        let base = [
-            "swappo-demo",
-            "--bin-dir=/b",
-            "--state-dir=/s",
-            "--kubeconfig=/k",
-        ];
         let parse = |ns: &str| {
-            let mut args = base.to_vec();
-            args.extend(["--database-url=postgres://h/d", "--management-url=http://h"]);
+            let mut args = REQUIRED.to_vec();
+            args.push("--database-url=postgres://h/d");
             let ns = format!("--namespace={ns}");
             args.push(&ns);
             Config::try_parse_from(args).map(|c| c.namespace)
@@ -202,29 +201,12 @@ mod tests {
     }
 
     #[test]
-    fn generated_passwords_are_percent_encoded_in_the_amqp_url() {
-        assert_eq!(
-            amqp_url("127.0.0.1:5672", "u", "a/b:c@d%"),
-            "amqp://u:a%2Fb%3Ac%40d%25@127.0.0.1:5672/%2f"
-        );
-    }
-
-    #[test]
-    fn debug_output_never_shows_the_database_or_broker_passwords() {
+    fn debug_output_never_shows_the_database_password() {
         use clap::Parser;
-        let c = Config::try_parse_from([
-            "swappo-demo",
-            "--bin-dir=/b",
-            "--state-dir=/s",
-            "--kubeconfig=/k",
-            "--database-url=postgres://u:dbsecret@h/d",
-            "--management-url=http://u:mqsecret@h:15672",
-        ])
-        .unwrap();
+        let mut args = REQUIRED.to_vec();
+        args.push("--database-url=postgres://u:dbsecret@h/d");
+        let c = Config::try_parse_from(args).unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("dbsecret") && !shown.contains("mqsecret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("dbsecret"), "{shown}");
     }
 }

@@ -35,15 +35,30 @@ impl Counters {
     }
 }
 
+/// `http://<pod IP>:<port>` of a serving matchmaking pod and of a serving notifications pod,
+/// updated by the view on each refresh (pods come and go; the driver runs on the host, which
+/// reaches pods on the node's bridge, not Service addresses).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Matchmaking's API.
+    pub matchmaking: String,
+    /// A notifications API.
+    pub notifications: String,
+}
+
 /// Where the driver sends its requests.
 #[derive(Clone, Debug)]
 pub struct Targets {
-    /// `http://host:port` of matchmaking.
-    pub matchmaking: String,
-    /// `http://host:port` of a notifications API.
-    pub notifications: String,
+    /// The current endpoints.
+    pub endpoints: Arc<std::sync::RwLock<Endpoints>>,
     /// Users of the marketplace.
     pub users: u32,
+}
+
+impl Targets {
+    fn now(&self) -> Endpoints {
+        self.endpoints.read().map(|e| e.clone()).unwrap_or_default()
+    }
 }
 
 /// A running load; stop it with the token given to [`start`], then [`Load::wait`].
@@ -118,10 +133,11 @@ pub fn start(
 
 /// One offer's life: made, then moved by the parties as its [`Fate`] says; sometimes the
 /// receiver then reads their notifications.
-async fn one_offer(http: &reqwest::Client, t: &Targets, counters: &Counters) {
+async fn one_offer(http: &reqwest::Client, targets: &Targets, counters: &Counters) {
+    let t = targets.now();
     let (proposer, receiver, fate, read, items) = {
         let mut rng = rand::rng();
-        let (p, r) = plan::pair(t.users, rng.random(), rng.random());
+        let (p, r) = plan::pair(targets.users, rng.random(), rng.random());
         let fate = Fate::from_roll(rng.random_range(0..100));
         // Disjoint ranges: an item cannot be both offered and requested.
         let items: [i64; 2] = [rng.random_range(1..5_000), rng.random_range(5_000..10_000)];

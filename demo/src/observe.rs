@@ -1,6 +1,8 @@
-//! Reads everything the live view and the summary show, each from its source of truth: the
-//! broker's management API, the control plane, and the two services' databases.
-use crate::broker::{Management, QueueCounts};
+//! Reads everything the live view, the drill and the account use, each from its source of
+//! truth: the control plane (pods, the Deployment, the resource, Events), the broker's
+//! management API (on the broker pod, found by its labels) and the two services' databases.
+use crate::broker::{self, Management, QueueCounts};
+use crate::cluster::{self, PodRow};
 use crate::view::Snapshot;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
@@ -9,12 +11,16 @@ use kube::api::ListParams;
 use sqlx::PgPool;
 use std::time::Duration;
 use swappo_operator::crd::SwappoMessaging;
+use tokio::sync::Mutex;
 
 /// The longest one source may take before it shows as `?` in this refresh.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Characters of one Event line in the view: 4 of indent + 74 fit an 80-column terminal.
 const MAX_EVENT_LINE: usize = 74;
+
+/// The management API's port on the broker pod.
+const MANAGEMENT_PORT: u16 = 15672;
 
 /// Counts from the databases.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,22 +35,26 @@ pub struct DbCounts {
 
 /// Where to look.
 pub struct Observer {
-    /// Management API (administrator).
-    pub management: Management,
     /// The control plane.
     pub client: kube::Client,
     /// Namespace of the demo.
     pub namespace: String,
     /// SwappoMessaging name.
     pub name: String,
-    /// Consumer Deployment name.
+    /// Consumer Deployment name (its pods carry it as `app.kubernetes.io/name`).
     pub deployment: String,
+    /// Matchmaking Deployment name (likewise).
+    pub matchmaking: String,
     /// The queue.
     pub queue: String,
+    /// The broker login from the operator's Secret: user and password.
+    pub login: (String, String),
     /// The matchmaking database.
-    pub matchmaking: PgPool,
+    pub matchmaking_db: PgPool,
     /// The notifications database.
-    pub notifications: PgPool,
+    pub notifications_db: PgPool,
+    /// The management client of the broker pod last seen serving, with its IP.
+    broker: Mutex<Option<(String, Management)>>,
 }
 
 async fn within<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
@@ -52,33 +62,104 @@ async fn within<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
 }
 
 impl Observer {
-    /// The queue's counts (`None`: unknown), and the dead-letter queue's.
-    pub async fn queues(&self) -> (Option<QueueCounts>, Option<u64>) {
+    /// An observer; the broker is looked up on each refresh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        namespace: String,
+        name: String,
+        deployment: String,
+        matchmaking: String,
+        queue: String,
+        login: (String, String),
+        matchmaking_db: PgPool,
+        notifications_db: PgPool,
+    ) -> Self {
+        Self {
+            client,
+            namespace,
+            name,
+            deployment,
+            matchmaking,
+            queue,
+            login,
+            matchmaking_db,
+            notifications_db,
+            broker: Mutex::new(None),
+        }
+    }
+
+    /// The selector of the consumer pods.
+    pub fn consumer_selector(&self) -> [(&str, &str); 1] {
+        [(cluster::NAME_LABEL, self.deployment.as_str())]
+    }
+
+    /// The selector of the matchmaking pods.
+    pub fn matchmaking_selector(&self) -> [(&str, &str); 1] {
+        [(cluster::NAME_LABEL, self.matchmaking.as_str())]
+    }
+
+    /// The management API of the serving broker pod among `pods`, if any.
+    pub async fn management(&self, pods: &[PodRow]) -> Option<Management> {
+        let ip = cluster::serving(pods, &cluster::broker_selector(&self.name))?
+            .ip
+            .clone()?;
+        let mut cached = self.broker.lock().await;
+        if let Some((known, m)) = cached.as_ref()
+            && *known == ip
+        {
+            return Some(m.clone());
+        }
+        let m = Management::new(
+            &format!("http://{ip}:{MANAGEMENT_PORT}"),
+            &self.login.0,
+            &self.login.1,
+        )
+        .ok()?;
+        *cached = Some((ip, m.clone()));
+        Some(m)
+    }
+
+    /// The queue's counts (`None`: unknown), the dead-letter queue's, and the pod IPs of
+    /// consumers holding unacknowledged messages.
+    pub async fn queues(&self, pods: &[PodRow]) -> (Option<QueueCounts>, Option<u64>, Vec<String>) {
+        let Some(m) = self.management(pods).await else {
+            return (None, None, vec![]);
+        };
         let dlq = format!("{}.dlq", self.queue);
-        let (q, d) = tokio::join!(
-            within(self.management.queue(&self.queue)),
-            within(self.management.queue(&dlq)),
+        let (q, d, channels) = tokio::join!(
+            within(m.queue(&self.queue)),
+            within(m.queue(&dlq)),
+            within(m.channels()),
         );
         // A queue that does not exist (yet) holds nothing.
         (
             q.map(Option::unwrap_or_default),
             d.map(|d| d.unwrap_or_default().messages),
+            channels
+                .map(|c| broker::mid_batch_peers(&c))
+                .unwrap_or_default(),
         )
     }
 
-    /// Outbox and notification counts. The notifications table appears with the first
-    /// consumer's migrations; until then nothing is stored.
+    /// Outbox and notification counts. The tables appear with each service's migrations;
+    /// until then nothing is there.
     pub async fn db(&self) -> Option<DbCounts> {
         let outbox = within(
-            sqlx::query_as::<_, (i64, i64)>("SELECT count(*), count(sent_at) FROM outbox")
-                .fetch_one(&self.matchmaking),
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT CASE WHEN to_regclass('outbox') IS NULL THEN 0 \
+                 ELSE (SELECT count(*) FROM outbox) END, \
+                 CASE WHEN to_regclass('outbox') IS NULL THEN 0 \
+                 ELSE (SELECT count(sent_at) FROM outbox) END",
+            )
+            .fetch_one(&self.matchmaking_db),
         );
         let stored = within(
             sqlx::query_scalar::<_, i64>(
                 "SELECT CASE WHEN to_regclass('notifications') IS NULL THEN 0 \
                  ELSE (SELECT count(*) FROM notifications) END",
             )
-            .fetch_one(&self.notifications),
+            .fetch_one(&self.notifications_db),
         );
         let (outbox, stored) = tokio::join!(outbox, stored);
         let (outbox, published) = outbox?;
@@ -99,19 +180,22 @@ impl Observer {
         ))
     }
 
-    /// Fills the control-plane and broker parts of `s`.
-    pub async fn fill(&self, s: &mut Snapshot) {
+    /// Fills `s` from every source; the pods and the mid-batch consumers go to the caller too.
+    pub async fn fill(&self, s: &mut Snapshot) -> (Vec<PodRow>, Vec<String>) {
+        let pods = within(cluster::pods(&self.client, &self.namespace))
+            .await
+            .unwrap_or_default();
         let sms: Api<SwappoMessaging> = Api::namespaced(self.client.clone(), &self.namespace);
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = ListParams::default();
         let (queues, db, deployment, sm, events) = tokio::join!(
-            self.queues(),
+            self.queues(&pods),
             self.db(),
             self.deployment(),
             within(sms.get(&self.name)),
             within(events.list(&list)),
         );
-        let (queue, dlq) = queues;
+        let (queue, dlq, mid_batch) = queues;
         s.ready = queue.map(|q| q.messages_ready);
         s.unacked = queue.map(|q| q.messages_unacknowledged);
         s.queue_consumers = queue.map(|q| q.consumers);
@@ -157,6 +241,35 @@ impl Observer {
         if let Some(list) = events {
             s.events = operator_events(list.items, 4);
         }
+        s.pods = pods.clone();
+        (pods, mid_batch)
+    }
+
+    /// The three id lists of the account: confirmed outbox ids, stored ids (one per row) and
+    /// dead-lettered ids (peeked from the DLQ, which keeps them).
+    pub async fn ids(&self, dead_lettered: u64) -> anyhow::Result<[Vec<String>; 3]> {
+        use anyhow::Context as _;
+        let confirmed: Vec<String> =
+            sqlx::query_scalar("SELECT event_id::text FROM outbox WHERE sent_at IS NOT NULL")
+                .fetch_all(&self.matchmaking_db)
+                .await
+                .context("reading the confirmed outbox ids")?;
+        let stored: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM notifications")
+            .fetch_all(&self.notifications_db)
+            .await
+            .context("reading the stored ids")?;
+        let mut dead = vec![];
+        if dead_lettered > 0 {
+            let pods = cluster::pods(&self.client, &self.namespace).await?;
+            let m = self
+                .management(&pods)
+                .await
+                .context("no serving broker pod to read the dead-letter queue from")?;
+            dead = m
+                .peek_ids(&format!("{}.dlq", self.queue), dead_lettered)
+                .await?;
+        }
+        Ok([confirmed, stored, dead])
     }
 }
 

@@ -52,9 +52,6 @@ pub fn phase_at(elapsed: Duration) -> Phase {
     }
 }
 
-/// When the outage drill closes the services' broker connections: mid-burst of the first cycle.
-pub const OUTAGE_AT: Duration = Duration::from_secs(30);
-
 /// What happens to an offer after it is made (DESIGN §6 event types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fate {

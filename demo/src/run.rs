@@ -1,16 +1,16 @@
-//! One demo run, start to finish: fresh databases and queue, the operator, the broker user
-//! matching the operator's Secret, the consumers (as many as the Deployment has replicas),
-//! matchmaking, the load with its live view, the drain, the summary, and the stop of every
-//! process the demo started.
-use crate::broker::Management;
+//! One demo run on the real node, start to finish: the operator's Secret, the services' pods
+//! serving, the load with its live view (pods included) and the outage drill, the drain, the
+//! account by event id. Everything it drives runs as pods that `scripts/demo.sh` installed
+//! with helm; the script removes them afterwards.
 use crate::config::{self, Config};
-use crate::load::{self, Counters, Targets};
+use crate::drill::{self, Action, Drill, Fault, Injected, Observed};
+use crate::faults;
+use crate::load::{self, Counters, Endpoints, Targets};
 use crate::observe::{self, Observer};
 use crate::plan;
-use crate::procs::{Proc, Spec};
 use crate::summary::Totals;
-use crate::supervise::{self, Supervisor};
 use crate::view::Snapshot;
+use crate::{account, cluster};
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -24,8 +24,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// The databases the demo owns and re-creates on every run, named after its namespace
-/// (`swappo-demo` -> `swappo_demo_matchmaking`, `swappo_demo_notifications`).
+/// The databases of the demo's services, named after its namespace (`swappo-demo` ->
+/// `swappo_demo_matchmaking`, `swappo_demo_notifications`); `scripts/demo.sh` creates them
+/// afresh on every run and puts their URLs in the services' Secrets.
 pub fn database_names(namespace: &str) -> [String; 2] {
     let base = namespace.replace(['-', '.'], "_");
     [
@@ -33,10 +34,12 @@ pub fn database_names(namespace: &str) -> [String; 2] {
         format!("{base}_notifications"),
     ]
 }
-/// Seconds a process may take to answer its readiness probe (first start runs migrations).
-const READY_WITHIN: Duration = Duration::from_secs(60);
-/// Seconds the operator may take to write the credentials Secret.
-const SECRET_WITHIN: Duration = Duration::from_secs(60);
+
+/// How long the services' pods may take to serve: the broker pod starts first (its readiness
+/// probe alone waits 10 s, then checks every 10 s), then the services connect and migrate.
+const READY_WITHIN: Duration = Duration::from_secs(240);
+/// The services' HTTP port in their pods (the charts' default).
+const SERVICE_PORT: u16 = 8080;
 
 /// Ctrl-C and SIGTERM, counted: the first stops the load and drains, the second skips the drain.
 fn signals() -> (CancellationToken, CancellationToken) {
@@ -68,98 +71,26 @@ async fn kube_client(path: &std::path::Path) -> anyhow::Result<kube::Client> {
     kube::Client::try_from(cfg).context("kube client")
 }
 
-/// Drops and creates the demo's databases: counts start at zero on every run.
-async fn fresh_databases(admin_url: &str, namespace: &str) -> anyhow::Result<(String, String)> {
-    let [mm, nf] = database_names(namespace);
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(admin_url)
-        .await
-        .context("connecting to PostgreSQL (DATABASE_URL; make testenv-deps?)")?;
-    for db in [&mm, &nf] {
-        // A namespace name (DNS label: letters, digits, '-') with '-' made '_': no quoting needed.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await
-        .with_context(|| format!("dropping {db}"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .execute(&admin)
-            .await
-            .with_context(|| format!("creating {db}"))?;
-    }
-    admin.close().await;
-    Ok((
-        config::database_url(admin_url, &mm)?,
-        config::database_url(admin_url, &nf)?,
-    ))
-}
-
-/// The Secret's `username` and `password`, once the operator has written it.
+/// The Secret's `username` and `password` (the script waited for the Secret to exist).
 async fn credentials(
     client: &kube::Client,
     ns: &str,
     name: &str,
 ) -> anyhow::Result<(String, String)> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let deadline = Instant::now() + SECRET_WITHIN;
-    loop {
-        if let Some(secret) = api.get_opt(name).await.context("reading the Secret")? {
-            let data = secret.data.unwrap_or_default();
-            let get = |k: &str| {
-                data.get(k)
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                    .filter(|v| !v.is_empty())
-            };
-            if let (Some(u), Some(p)) = (get("username"), get("password")) {
-                return Ok((u, p));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the operator wrote no Secret {ns}/{name} within {}s; see its log",
-                SECRET_WITHIN.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Waits until `GET url` answers 2xx, while `alive()` says the process still runs.
-/// Waits until `url` answers 200 and, with `consuming`, its body says the consumer is
-/// subscribed (the notifications service is ready for its API before its queue is declared).
-async fn wait_ready(
-    name: &str,
-    url: &str,
-    consuming: bool,
-    log: &std::path::Path,
-    mut alive: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let deadline = Instant::now() + READY_WITHIN;
-    loop {
-        if let Ok(r) = http.get(url).send().await
-            && r.status().is_success()
-        {
-            let body: serde_json::Value = r.json().await.unwrap_or_default();
-            if !consuming || body["consumer"] == "consuming" {
-                return Ok(());
-            }
-        }
-        if !alive() {
-            bail!("{name} exited during start-up; see {}", log.display());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name} not ready within {}s ({url}); see {}",
-                READY_WITHIN.as_secs(),
-                log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let secret = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading the broker Secret {ns}/{name}"))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|v| !v.is_empty())
+    };
+    match (get("username"), get("password")) {
+        (Some(u), Some(p)) => Ok((u, p)),
+        _ => bail!("the Secret {ns}/{name} has no username/password"),
     }
 }
 
@@ -167,274 +98,189 @@ fn say(msg: &str) {
     eprintln!("[demo] {msg}");
 }
 
-/// What the processes need to know.
-struct Started {
-    operator: Proc,
-    matchmaking: Option<Proc>,
-    consumers: Supervisor,
-    broker_user: Option<String>,
+fn url_of(pod: &cluster::PodRow) -> Option<String> {
+    Some(format!("http://{}:{SERVICE_PORT}", pod.ip.as_ref()?))
 }
 
-impl Started {
-    async fn stop(mut self, management: &Management) {
-        say("stopping the consumers, matchmaking and the operator");
-        self.consumers.stop_all().await;
-        if let Some(m) = self.matchmaking.take() {
-            m.stop(Duration::from_secs(15)).await;
+/// The endpoints of serving pods, once matchmaking serves and a notifications consumer is
+/// subscribed to the queue (its `/ready` says `consuming`).
+async fn wait_serving(observer: &Observer, http: &reqwest::Client) -> anyhow::Result<Endpoints> {
+    let deadline = Instant::now() + READY_WITHIN;
+    let mut last_said = Instant::now();
+    loop {
+        let pods = cluster::pods(&observer.client, &observer.namespace)
+            .await
+            .unwrap_or_default();
+        let mm = cluster::serving(&pods, &observer.matchmaking_selector()).and_then(url_of);
+        let nf = cluster::serving(&pods, &observer.consumer_selector()).and_then(url_of);
+        if let (Some(mm), Some(nf)) = (mm, nf) {
+            let consuming = match http.get(format!("{nf}/ready")).send().await {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|b| b["consumer"] == "consuming"),
+                _ => false,
+            };
+            if consuming {
+                return Ok(Endpoints {
+                    matchmaking: mm,
+                    notifications: nf,
+                });
+            }
         }
-        self.operator.stop(Duration::from_secs(15)).await;
-        if let Some(user) = &self.broker_user
-            && let Err(e) = management.delete_user(user).await
-        {
-            say(&format!("could not delete the demo's broker user: {e}"));
+        if Instant::now() > deadline {
+            bail!(
+                "the services did not serve within {}s:\n{}\nsee `kubectl describe pods -n {}` and their logs",
+                READY_WITHIN.as_secs(),
+                crate::view::pod_table(&pods),
+                observer.namespace
+            );
         }
+        if last_said.elapsed() >= Duration::from_secs(10) {
+            say(&format!(
+                "waiting for the pods to serve:\n{}",
+                crate::view::pod_table(&pods)
+            ));
+            last_said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Runs the demo; `Ok(true)` when nothing was lost.
+/// Runs the demo; `Ok(true)` when nothing was lost and every drilled fault recovered.
 pub async fn run(cfg: Config) -> anyhow::Result<bool> {
     let (first_signal, second_signal) = signals();
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let client = kube_client(&cfg.kubeconfig).await?;
-    let management = Management::new(&cfg.management_url)?;
-
+    let login = credentials(&client, &cfg.namespace, &cfg.secret).await?;
     let [mm, nf] = database_names(&cfg.namespace);
-    say(&format!("fresh databases {mm} and {nf}"));
-    let (mm_url, nf_url) = fresh_databases(&cfg.database_url, &cfg.namespace).await?;
-    say(&format!(
-        "fresh queue {q} and {q}.dlq on the local broker (vhost /)",
-        q = cfg.queue
-    ));
-    management.delete_queue(&cfg.queue).await?;
-    management
-        .delete_queue(&format!("{}.dlq", cfg.queue))
-        .await?;
-
-    let bin = |name: &str| cfg.bin_dir.join(name);
-    say(&format!(
-        "starting swappo-operator (namespace {}, broker override {})",
-        cfg.namespace, cfg.amqp_address
-    ));
-    let operator = Proc::start(
-        &Spec {
-            name: "operator".into(),
-            program: bin("swappo-operator"),
-            args: vec![
-                format!("--kubeconfig={}", cfg.kubeconfig.display()),
-                format!("--namespace={}", cfg.namespace),
-                format!("--http-addr={}", cfg.addr(0)),
-                format!("--broker-address-override={}", cfg.amqp_address),
-                "--leader-election=false".into(),
-                // Retry a broker that is not ready yet every 3 s, not 10: the demo creates
-                // the broker user only once the operator has written the Secret.
-                "--retry-seconds=3".into(),
-            ]
-            .into_iter()
-            .chain(cfg.operator_args.split_whitespace().map(String::from))
-            .collect(),
-            env: vec![],
-        },
-        &cfg.state_dir,
-    )?;
-    let mut started = Started {
-        operator,
-        matchmaking: None,
-        consumers: Supervisor::new(cfg.state_dir.clone(), |_| unreachable_spec()),
-        broker_user: None,
+    let observer = Observer::new(
+        client.clone(),
+        cfg.namespace.clone(),
+        cfg.name.clone(),
+        cfg.deployment.clone(),
+        cfg.matchmaking.clone(),
+        cfg.queue.clone(),
+        login,
+        lazy_pool(&config::database_url(&cfg.database_url, &mm)?)?,
+        lazy_pool(&config::database_url(&cfg.database_url, &nf)?)?,
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    say("waiting for matchmaking and a notifications consumer to serve (pods on the node)");
+    // Ctrl-C during start-up ends the run at once (nothing to drain yet).
+    let endpoints = tokio::select! {
+        r = wait_serving(&observer, &http) => r?,
+        _ = first_signal.cancelled() => bail!("interrupted during start-up"),
     };
-    let result = async {
-        // Ctrl-C during start-up ends the run at once (nothing to drain yet).
-        let running = tokio::select! {
-            r = start_processes(&cfg, &client, &management, &mut started, mm_url, nf_url) => r?,
-            _ = first_signal.cancelled() => bail!("interrupted during start-up"),
-        };
-        drive(
-            &cfg,
-            &client,
-            &management,
-            &mut started,
-            running,
-            first_signal,
-            second_signal,
-        )
-        .await
-    }
-    .await;
-    started.stop(&management).await;
-    let still = leftover_pids(&cfg.state_dir);
-    if !still.is_empty() {
+    if let Some(t0) = cfg.started_at {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(t0);
         say(&format!(
-            "processes still running after the stop: {still:?}"
+            "start-up took {}s (from `make demo` to every part serving)",
+            now.saturating_sub(t0)
         ));
     }
-    result
+    drive(
+        &cfg,
+        &client,
+        &observer,
+        endpoints,
+        first_signal,
+        second_signal,
+    )
+    .await
 }
 
-fn unreachable_spec() -> Spec {
-    Spec {
-        name: "none".into(),
-        program: "false".into(),
-        args: vec![],
-        env: vec![],
+/// Everything [`Observed`] needs from one snapshot.
+fn observed(s: &Snapshot, observer: &Observer, name: &str, mid_batch: Vec<String>) -> Observed {
+    let consumers = cluster::matching(&s.pods, &observer.consumer_selector());
+    Observed {
+        elapsed: s.elapsed,
+        ready_broker_uids: cluster::matching(&s.pods, &cluster::broker_selector(name))
+            .into_iter()
+            .filter(|p| p.serving())
+            .map(|p| p.uid.clone())
+            .collect(),
+        queue_consumers: s.queue_consumers,
+        mid_batch,
+        consumers_ready: s.replicas.map(|wanted| {
+            (
+                consumers.iter().filter(|p| p.serving()).count() as i32,
+                wanted,
+            )
+        }),
+        consumer_restarts: consumers.iter().map(|p| p.restarts).sum(),
+        published: s.published,
+        stored: s.stored,
     }
 }
 
-/// Pid files whose process still runs.
-fn leftover_pids(dir: &std::path::Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return vec![];
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .map(|p| p.trim().to_string())
-        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-        .collect()
-}
-
-/// What the load and the view need from start-up.
-struct Running {
-    observer: Observer,
-    user: String,
-    mm_api: String,
-    nf_api: String,
-}
-
-/// Credentials, broker user, consumers and matchmaking, each waited for until ready.
-async fn start_processes(
+/// Injects `fault`; the target in words.
+async fn inject(
     cfg: &Config,
     client: &kube::Client,
-    management: &Management,
-    started: &mut Started,
-    mm_url: String,
-    nf_url: String,
-) -> anyhow::Result<Running> {
-    let secret = format!("{}-rabbitmq", cfg.name);
-    say(&format!(
-        "waiting for the operator's Secret {}/{secret}",
-        cfg.namespace
-    ));
-    let (user, password) = credentials(client, &cfg.namespace, &secret).await?;
-    say(&format!(
-        "creating broker user {user:?} from the Secret on the local broker (the operator's broker pod would have it)"
-    ));
-    management.put_user(&user, &password).await?;
-    started.broker_user = Some(user.clone());
-    let amqp = config::amqp_url(&cfg.amqp_address, &user, &password);
-
-    let observer = Observer {
-        management: management.clone(),
-        client: client.clone(),
-        namespace: cfg.namespace.clone(),
-        name: cfg.name.clone(),
-        deployment: cfg.deployment.clone(),
-        queue: cfg.queue.clone(),
-        matchmaking: lazy_pool(&mm_url)?,
-        notifications: lazy_pool(&nf_url)?,
-    };
-
-    let (nf_amqp, nf_db, queue, base) = (
-        amqp.clone(),
-        nf_url.clone(),
-        cfg.queue.clone(),
-        cfg.port_base,
-    );
-    let bin = cfg.bin_dir.join("swappo-notifications");
-    started.consumers = Supervisor::new(cfg.state_dir.clone(), move |i| Spec {
-        name: format!("notifications-{i}"),
-        program: bin.clone(),
-        args: vec![],
-        env: vec![
-            ("DATABASE_URL".into(), nf_db.clone()),
-            ("RABBITMQ_URL".into(), nf_amqp.clone()),
-            ("QUEUE_NAME".into(), queue.clone()),
-            (
-                "BIND_ADDR".into(),
-                format!("127.0.0.1:{}", base + 10 + i as u16),
-            ),
-        ],
-    });
-    let replicas = observer.deployment().await.and_then(|(r, _)| r);
-    let first = supervise::wanted(replicas, 1, cfg.max_consumers).max(1);
-    say(&format!(
-        "starting {first} notifications consumer(s), one per replica of Deployment {}",
-        cfg.deployment
-    ));
-    started.consumers.converge(first).await?;
-    let nf_api = format!("http://{}", cfg.addr(10));
-    // The first consumer declares the queue and migrates the schema: wait for it.
-    let consumers = &mut started.consumers;
-    wait_ready(
-        "notifications-0",
-        &format!("{nf_api}/ready"),
-        true,
-        &cfg.state_dir.join("notifications-0.log"),
-        || consumers.alive(),
-    )
-    .await?;
-
-    say("starting swappo-matchmaking");
-    let mut mm = Proc::start(
-        &Spec {
-            name: "matchmaking".into(),
-            program: cfg.bin_dir.join("swappo-matchmaking"),
-            args: vec![],
-            env: vec![
-                ("DATABASE_URL".into(), mm_url.clone()),
-                ("RABBITMQ_URL".into(), amqp.clone()),
-                ("LISTEN_ADDR".into(), cfg.addr(1)),
-                ("NOTIFICATIONS_QUEUE".into(), cfg.queue.clone()),
-            ],
-        },
-        &cfg.state_dir,
-    )?;
-    let mm_api = format!("http://{}", cfg.addr(1));
-    let ready = wait_ready(
-        "matchmaking",
-        &format!("{mm_api}/ready"),
-        false,
-        &cfg.state_dir.join("matchmaking.log"),
-        || mm.is_running(),
-    )
-    .await;
-    started.matchmaking = Some(mm);
-    ready?;
-    Ok(Running {
-        observer,
-        user,
-        mm_api,
-        nf_api,
-    })
+    observer: &Observer,
+    pods: &[cluster::PodRow],
+    fault: Fault,
+    peer: Option<&str>,
+) -> anyhow::Result<String> {
+    match fault {
+        Fault::BrokerPod => {
+            let pod = cluster::serving(pods, &cluster::broker_selector(&cfg.name))
+                .context("no serving broker pod to kill")?;
+            faults::kill_broker_pod(client, &cfg.namespace, pod).await?;
+            Ok(format!("pod {}", pod.name))
+        }
+        Fault::ConsumerMidBatch => {
+            let consumers = cluster::matching(pods, &observer.consumer_selector());
+            let pod = peer
+                .and_then(|ip| {
+                    consumers
+                        .iter()
+                        .find(|p| p.serving() && p.ip.as_deref() == Some(ip))
+                })
+                .or_else(|| consumers.iter().find(|p| p.serving()))
+                .context("no serving consumer pod to kill")?;
+            faults::kill_container(&cfg.crictl, &cfg.containerd_sock, pod).await?;
+            Ok(format!(
+                "pod {}, SIGKILL{}",
+                pod.name,
+                if peer.is_some() {
+                    " with unacked messages in hand"
+                } else {
+                    ", no batch in hand seen"
+                }
+            ))
+        }
+        Fault::DatabaseRestart => {
+            faults::restart_database(&cfg.pg_bin_dir, &cfg.pg_data).await?;
+            Ok("PostgreSQL, pg_ctl restart -m immediate".into())
+        }
+    }
 }
 
-/// The load and the live view, the drain and the account; `Ok(true)` when nothing was lost.
+/// The load and the live view, the drill, the drain and the account.
 async fn drive(
     cfg: &Config,
     client: &kube::Client,
-    management: &Management,
-    started: &mut Started,
-    running: Running,
+    observer: &Observer,
+    endpoints: Endpoints,
     first_signal: CancellationToken,
     second_signal: CancellationToken,
 ) -> anyhow::Result<bool> {
-    let Running {
-        observer,
-        user,
-        mm_api,
-        nf_api,
-    } = running;
     let counters = Arc::new(Counters::default());
     let metrics_http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
+    let endpoints = Arc::new(std::sync::RwLock::new(endpoints));
     let load_stop = CancellationToken::new();
     let start = Instant::now();
     let mut driver = Some(load::start(
         Targets {
-            matchmaking: mm_api,
-            notifications: nf_api,
+            endpoints: endpoints.clone(),
             users: cfg.users,
         },
         cfg.workers,
@@ -445,18 +291,29 @@ async fn drive(
     let tty = std::io::stdout().is_terminal();
     let title = format!("swappo demo ({}/{})", cfg.namespace, cfg.name);
     say(&format!(
-        "load running{}; logs in {}",
+        "load running{}{}",
         cfg.duration
             .map(|d| format!(" for {d}s"))
             .unwrap_or_else(|| " until Ctrl-C".into()),
-        cfg.state_dir.display()
+        if cfg.outage {
+            format!(
+                "; outage drill from t={}s: {}",
+                drill::FIRST_AT.as_secs(),
+                Fault::ALL.map(Fault::name).join(", then ")
+            )
+        } else {
+            String::new()
+        }
     ));
     let mut last: Option<(Instant, Snapshot)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut lines = 0u64;
+    // In a log (no terminal), the pod table is printed whenever it changes.
+    let mut last_pods = String::new();
+    let mut last_drill: Vec<String> = vec![];
     // Load, then drain: the same refresh loop, the phase says which.
     let mut draining_since: Option<Instant> = None;
-    let mut drill: Option<String> = None;
+    let mut drill = Drill::default();
     let drain = Duration::from_secs(cfg.drain_seconds);
     let outcome = loop {
         tokio::select! {
@@ -464,31 +321,7 @@ async fn drive(
             _ = first_signal.cancelled(), if draining_since.is_none() => {}
             _ = second_signal.cancelled() => {}
         }
-        let stop_load =
-            first_signal.is_cancelled() || cfg.duration().is_some_and(|d| start.elapsed() >= d);
-        if stop_load && draining_since.is_none() {
-            load_stop.cancel();
-            // Offers in hand finish first, so the drain sees every outbox row there will be.
-            if let Some(d) = driver.take() {
-                d.wait().await;
-            }
-            draining_since = Some(Instant::now());
-        }
-        if cfg.outage
-            && drill.is_none()
-            && draining_since.is_none()
-            && start.elapsed() >= plan::OUTAGE_AT
-        {
-            drill = Some(match management.close_connections_of(&user).await {
-                Ok(n) => format!(
-                    "t={}s: closed {n} service connections to the broker",
-                    start.elapsed().as_secs()
-                ),
-                Err(e) => format!("could not close connections: {e}"),
-            });
-        }
         let mut s = Snapshot {
-            drill: drill.clone(),
             elapsed: start.elapsed(),
             phase: if draining_since.is_some() {
                 "stopped, draining"
@@ -501,16 +334,63 @@ async fn drive(
             request_errors: counters.errors.load(Relaxed),
             ..Snapshot::default()
         };
-        observer.fill(&mut s).await;
-        let consumer_urls: Vec<String> = (0..started.consumers.count())
-            .map(|i| format!("http://{}", cfg.addr(10 + i as u16)))
+        let (pods, mid_batch) = observer.fill(&mut s).await;
+        // The driver follows the pods: a serving matchmaking and notifications pod each.
+        if let Ok(mut e) = endpoints.write() {
+            if let Some(url) =
+                cluster::serving(&pods, &observer.matchmaking_selector()).and_then(url_of)
+            {
+                e.matchmaking = url;
+            }
+            let consumers = cluster::matching(&pods, &observer.consumer_selector());
+            if !consumers
+                .iter()
+                .any(|p| p.serving() && url_of(p).as_ref() == Some(&e.notifications))
+                && let Some(url) = consumers
+                    .iter()
+                    .find(|p| p.serving())
+                    .and_then(|p| url_of(p))
+            {
+                e.notifications = url;
+            }
+        }
+        let consumer_urls: Vec<String> = cluster::matching(&pods, &observer.consumer_selector())
+            .into_iter()
+            .filter(|p| p.serving())
+            .filter_map(url_of)
             .collect();
         s.duplicates = observe::duplicates(&metrics_http, &consumer_urls).await;
-        let target = supervise::wanted(s.replicas, started.consumers.count(), cfg.max_consumers);
-        if let Err(e) = started.consumers.converge(target).await {
-            say(&format!("could not start a consumer: {e}"));
+        if cfg.outage && draining_since.is_none() && !first_signal.is_cancelled() {
+            let o = observed(&s, observer, &cfg.name, mid_batch);
+            if let Action::Inject(fault, peer) = drill.decide(&o) {
+                let injected = inject(cfg, client, observer, &pods, fault, peer.as_deref()).await;
+                let failed = injected.is_err();
+                drill.record(Injected {
+                    fault,
+                    at: o.elapsed,
+                    target: injected.unwrap_or_else(|e| format!("could not inject: {e:#}")),
+                    broker_uids: o.ready_broker_uids.clone(),
+                    consumer_restarts: o.consumer_restarts,
+                    published: o.published,
+                    stored: o.stored,
+                });
+                if failed && let Some(step) = drill.steps.last_mut() {
+                    step.gave_up = true;
+                }
+            }
         }
-        s.local_consumers = started.consumers.count();
+        s.drill = drill.steps.iter().map(ToString::to_string).collect();
+        let drill_done = !cfg.outage || drill.finished();
+        let stop_load = first_signal.is_cancelled()
+            || (drill_done && cfg.duration().is_some_and(|d| start.elapsed() >= d));
+        if stop_load && draining_since.is_none() {
+            load_stop.cancel();
+            // Offers in hand finish first, so the drain sees every outbox row there will be.
+            if let Some(d) = driver.take() {
+                d.wait().await;
+            }
+            draining_since = Some(Instant::now());
+        }
         if let Some((at, prev)) = &last {
             let secs = at.elapsed().as_secs_f64().max(0.001);
             let per_sec = |now: Option<u64>, before: Option<u64>| {
@@ -521,8 +401,21 @@ async fn drive(
         }
         if tty {
             print!("\x1b[H\x1b[2J{}", s.render(&title));
-        } else if lines.is_multiple_of(5) || draining_since.is_some() {
-            println!("{}", s.line());
+        } else {
+            if lines.is_multiple_of(5) || draining_since.is_some() {
+                println!("{}", s.line());
+            }
+            let pods = crate::view::pod_table(&s.pods);
+            if pods != last_pods {
+                println!("{pods}");
+                last_pods = pods;
+            }
+            for (k, step) in s.drill.iter().enumerate() {
+                if last_drill.get(k) != Some(step) {
+                    println!("drill: {step}");
+                }
+            }
+            last_drill.clone_from(&s.drill);
         }
         let _ = std::io::stdout().flush();
         lines += 1;
@@ -543,32 +436,29 @@ async fn drive(
     if let Some(d) = driver.take() {
         d.wait().await;
     }
+    let dead_lettered = outcome.dead_lettered.unwrap_or(0);
+    let [confirmed, stored, dead] = observer.ids(dead_lettered).await?;
     let totals = Totals {
         offers: counters.offers.load(Relaxed),
         outbox: outcome.outbox.unwrap_or(0),
-        published: outcome.published.unwrap_or(0),
-        stored: outcome.stored.unwrap_or(0),
-        dead_lettered: outcome.dead_lettered.unwrap_or(0),
+        published: confirmed.len() as u64,
+        stored: stored.len() as u64,
+        dead_lettered,
         in_queue: outcome.depth().unwrap_or(0),
         read_back: counters.read_back.load(Relaxed),
         request_errors: counters.errors.load(Relaxed),
+        ids: account::reconcile(&confirmed, &stored, &dead),
     };
     println!();
     println!("{totals}");
-    if let Some(d) = &drill {
-        println!("outage drill: {d}");
+    for step in &drill.steps {
+        println!("outage drill: {step}");
     }
     if let Some(n) = outcome.duplicates {
         println!("redelivered events skipped as already stored (running consumers): {n}");
     }
     if let Some(e) = counters.last_error.lock().ok().and_then(|e| e.clone()) {
         println!("last request error: {e}");
-    }
-    if started.consumers.restarts > 0 {
-        println!(
-            "consumer restarts (a local process exited): {}",
-            started.consumers.restarts
-        );
     }
     let deployment: Api<Deployment> = Api::namespaced(client.clone(), &cfg.namespace);
     if let Ok(d) = deployment.get(&cfg.deployment).await {
@@ -578,8 +468,12 @@ async fn drive(
             d.spec.replicas.unwrap_or(0)
         );
     }
-    println!("logs: {}", cfg.state_dir.display());
-    Ok(totals.verdict().ok())
+    println!("{}", crate::view::pod_table(&outcome.pods));
+    let drill_failed = drill.steps.iter().any(|s| s.gave_up);
+    if drill_failed {
+        println!("result: FAILED, a drilled fault did not recover");
+    }
+    Ok(totals.verdict().ok() && !drill_failed)
 }
 
 fn lazy_pool(url: &str) -> anyhow::Result<PgPool> {

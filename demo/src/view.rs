@@ -1,5 +1,6 @@
 //! The live view: one snapshot of everything rendered as a small table. Pure: the caller
 //! clears the screen (ANSI) on a terminal, or prints a one-line form into a log.
+use crate::cluster::PodRow;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub struct Snapshot {
     pub stored_rate: Option<f64>,
     /// The Deployment's `spec.replicas`.
     pub replicas: Option<i32>,
-    /// The Deployment's ready replicas (kwok's pretend pods).
+    /// The Deployment's ready replicas (pods Ready by their `/ready` probe).
     pub ready_replicas: Option<i32>,
     /// The operator's last desired replicas (`status.consumers[].desiredReplicas`).
     pub desired: Option<i32>,
@@ -48,10 +49,10 @@ pub struct Snapshot {
     pub reason: Option<String>,
     /// When the operator last scaled.
     pub last_scale: Option<String>,
-    /// Local consumer processes running.
-    pub local_consumers: usize,
-    /// What the outage drill did, if it ran.
-    pub drill: Option<String>,
+    /// The demo namespace's pods.
+    pub pods: Vec<PodRow>,
+    /// The outage drill's faults so far, one line each.
+    pub drill: Vec<String>,
     /// The consumer's scaling policy from the SwappoMessaging spec, in words.
     pub policy: Option<String>,
     /// `type=status(reason)` of each condition.
@@ -141,9 +142,6 @@ impl Snapshot {
                 self.read_back, self.request_errors
             ),
         );
-        if let Some(d) = &self.drill {
-            row(&mut s, "outage drill", d.clone());
-        }
         let _ = writeln!(s, "{}", "-".repeat(78));
         row(
             &mut s,
@@ -159,11 +157,6 @@ impl Snapshot {
             &mut s,
             "Deployment replicas spec / ready",
             format!("{} / {}", opt(&self.replicas), opt(&self.ready_replicas)),
-        );
-        row(
-            &mut s,
-            "local consumer processes",
-            self.local_consumers.to_string(),
         );
         row(
             &mut s,
@@ -185,13 +178,21 @@ impl Snapshot {
         for e in &self.events {
             let _ = writeln!(s, "    {e}");
         }
+        let _ = writeln!(s, "{}", "-".repeat(78));
+        let _ = writeln!(s, "{}", pod_table(&self.pods));
+        if !self.drill.is_empty() {
+            let _ = writeln!(s, "  outage drill:");
+            for d in &self.drill {
+                let _ = writeln!(s, "    {d}");
+            }
+        }
         s
     }
 
     /// One line for a log (stdout not a terminal).
     pub fn line(&self) -> String {
         format!(
-            "t={}s {} offers={} depth={} published={} stored={} dlq={} desired={} replicas={} local={} reason={}",
+            "t={}s {} offers={} depth={} published={} stored={} dlq={} desired={} replicas={} ready={} reason={}",
             self.elapsed.as_secs(),
             self.phase,
             self.offers,
@@ -201,10 +202,37 @@ impl Snapshot {
             opt(&self.dead_lettered),
             opt(&self.desired),
             opt(&self.replicas),
-            self.local_consumers,
+            opt(&self.ready_replicas),
             self.reason.as_deref().unwrap_or("-"),
         )
     }
+}
+
+/// Characters of a pod name in the table: the services' generated names (`notifications-
+/// service-<hash>-<id>`) are 37 long.
+const POD_NAME_WIDTH: usize = 40;
+
+/// The pods as `kubectl get pods -o wide` would list them: name, phase, ready, restarts, node.
+pub fn pod_table(pods: &[PodRow]) -> String {
+    let mut s = format!(
+        "  {:<POD_NAME_WIDTH$} {:<12} {:<6} {:>8}  {}",
+        "POD", "PHASE", "READY", "RESTARTS", "NODE"
+    );
+    if pods.is_empty() {
+        s.push_str("\n  (none)");
+    }
+    for p in pods {
+        let name: String = p.name.chars().take(POD_NAME_WIDTH).collect();
+        let _ = write!(
+            s,
+            "\n  {name:<POD_NAME_WIDTH$} {:<12} {:<6} {:>8}  {}",
+            p.phase,
+            if p.ready { "yes" } else { "no" },
+            p.restarts,
+            if p.node.is_empty() { "-" } else { &p.node }
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -237,7 +265,15 @@ mod tests {
             desired: Some(9),
             replicas: Some(9),
             ready_replicas: Some(9),
-            local_consumers: 4,
+            pods: vec![PodRow {
+                name: "notifications-service-5d9f8-abcde".into(),
+                phase: "Running".into(),
+                ready: true,
+                restarts: 1,
+                node: "swappo-node-0".into(),
+                ..PodRow::default()
+            }],
+            drill: vec!["t=25s broker pod killed (swappo-rabbitmq-0): recovered in 31s".into()],
             reason: Some("ScaledUp: depth 900".into()),
             policy: Some(policy_text(1, 10, 100, 300)),
             events: vec!["ScaledUp notifications-service 1 -> 9".into()],
@@ -254,6 +290,9 @@ mod tests {
             "ScaledUp: depth 900",
             "1 -> 9",
             "1..10 replicas, 1 per 100 msgs, down after 300 s",
+            "notifications-service-5d9f8-abcde",
+            "Running      yes           1  swappo-node-0",
+            "broker pod killed (swappo-rabbitmq-0): recovered in 31s",
         ] {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
