@@ -617,6 +617,103 @@ async fn a_missing_credentials_secret_is_a_false_condition_not_a_crash() {
 }
 
 #[tokio::test]
+async fn a_memory_limit_that_is_not_a_quantity_is_named_in_broker_ready_and_not_applied() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    install_crd(&client).await;
+    let ns = TestNamespace::new("op-badlimit-").await;
+    let operator = InProcess::start(&client, ns.name(), local_broker_settings());
+    create(&ns, &SwappoMessaging::new_in("dev", ns.name())).await;
+    let sets = ns.api::<StatefulSet>();
+    let memory_limit = |set: &StatefulSet| {
+        set.spec.template.spec.as_ref()?.containers[0]
+            .resources
+            .as_ref()?
+            .limits
+            .as_ref()?
+            .get("memory")
+            .map(|q| q.0.clone())
+    };
+    let before = memory_limit(&wait_exists(&sets, "dev-rabbitmq").await);
+    assert_eq!(before.as_deref(), Some("512Mi"));
+
+    // The CRD accepts any string in a resources map; the API server would refuse it in the
+    // StatefulSet. The operator names the field and leaves the broker as it is.
+    let patch = serde_json::json!({"spec": {"broker": {"resources": {
+        "requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1.5 Gigs"}}}}});
+    let resources = ns.api::<SwappoMessaging>();
+    resources
+        .patch("dev", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("the CRD accepts the string");
+    let sm = wait_for(
+        &resources,
+        "dev",
+        "BrokerReady=False InvalidBrokerSpec",
+        WAIT,
+        |sm: Option<&SwappoMessaging>| {
+            sm.and_then(|sm| sm.condition("BrokerReady"))
+                .is_some_and(|c| c.reason == "InvalidBrokerSpec")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .expect("it exists");
+    let c = sm.condition("BrokerReady").unwrap();
+    assert_eq!(c.status, "False");
+    assert!(
+        c.message.starts_with(
+            "spec.broker.resources.limits.memory: \"1.5 Gigs\" is not a Kubernetes quantity"
+        ),
+        "{}",
+        c.message
+    );
+    assert_eq!(sm.condition("Ready").unwrap().status, "False");
+    let set = sets.get("dev-rabbitmq").await.unwrap();
+    assert_eq!(
+        memory_limit(&set),
+        before,
+        "the broker keeps its last applied settings"
+    );
+    assert_eq!(
+        operator.metric("swappo_operator_reconcile_errors_total"),
+        0.0,
+        "a reported condition, not a failing reconcile"
+    );
+
+    // Fixed: applied, and the condition moves on.
+    let patch =
+        serde_json::json!({"spec": {"broker": {"resources": {"limits": {"memory": "768Mi"}}}}});
+    resources
+        .patch("dev", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        &sets,
+        "dev-rabbitmq",
+        "the new limit applied",
+        WAIT,
+        |set: Option<&StatefulSet>| set.and_then(memory_limit).as_deref() == Some("768Mi"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        &resources,
+        "dev",
+        "BrokerReady no longer InvalidBrokerSpec",
+        WAIT,
+        |sm: Option<&SwappoMessaging>| {
+            sm.and_then(|sm| sm.condition("BrokerReady"))
+                .is_some_and(|c| c.reason != "InvalidBrokerSpec")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    operator.stop().await;
+}
+
+#[tokio::test]
 async fn a_user_given_password_with_uri_and_config_characters_yields_uris_that_decode_to_it() {
     let Some(client) = cluster().await else {
         return;

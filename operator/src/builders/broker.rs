@@ -67,8 +67,9 @@ pub fn rabbitmq_conf(sm: &SwappoMessaging) -> String {
     match memory_limit_bytes(&resources(sm)) {
         Some(Ok(limit)) => conf.push_str(&memory_conf(limit)),
         // Not refused by the CRD (a CEL rule on the limits map exceeds the API server's cost
-        // budget: its values have no maximum length): RabbitMQ's defaults, and the config
-        // says why. TODO(issue 19): a False BrokerReady condition naming the field.
+        // budget: its values have no maximum length). The reconciler does not apply such a
+        // spec ([`invalid_resources`]: BrokerReady False naming the field); this branch only
+        // keeps the function total.
         Some(Err(e)) => conf.push_str(&format!(
             "# No memory settings: the container's memory limit is not a quantity ({e}).\n"
         )),
@@ -146,6 +147,33 @@ pub fn parse_memory(q: &str) -> Result<u64, String> {
         _ => Err(format!(
             "{q:?} is not a byte count between 0 and 8 PiB this operator can use"
         )),
+    }
+}
+
+/// What is wrong with `spec.broker.resources`, naming the field: a value that is not a
+/// Kubernetes quantity (the API server would refuse the StatefulSet), or a memory limit this
+/// operator cannot derive the broker's memory settings from. `None` when the spec is usable.
+/// The CRD cannot refuse these itself (see [`rabbitmq_conf`]), so the reconciler reports them
+/// as `BrokerReady=False` and leaves the broker as it is.
+pub fn invalid_resources(sm: &SwappoMessaging) -> Option<String> {
+    let resources = sm.spec.broker.resources.as_ref()?;
+    for (kind, map) in [
+        ("limits", &resources.limits),
+        ("requests", &resources.requests),
+    ] {
+        for (name, q) in map.iter().flatten() {
+            if let Err(e) = kube_quantity::ParsedQuantity::try_from(q.0.trim()) {
+                return Some(format!(
+                    "spec.broker.resources.{kind}.{name}: {:?} is not a Kubernetes quantity ({e}); \
+                     write it like 512Mi, 1.5Gi or 500m",
+                    q.0
+                ));
+            }
+        }
+    }
+    match memory_limit_bytes(resources) {
+        Some(Err(e)) => Some(format!("spec.broker.resources.limits.memory: {e}")),
+        _ => None,
     }
 }
 
@@ -890,6 +918,42 @@ mod tests {
             let e = parse_memory(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn resources_that_are_not_quantities_are_named_and_usable_ones_pass() {
+        let with = |kind: &str, name: &str, value: &str| {
+            let mut sm = SwappoMessaging::test();
+            let map = BTreeMap::from([(name.to_owned(), Quantity(value.into()))]);
+            sm.spec.broker.resources = Some(match kind {
+                "limits" => ResourceRequirements {
+                    limits: Some(map),
+                    ..ResourceRequirements::default()
+                },
+                _ => ResourceRequirements {
+                    requests: Some(map),
+                    ..ResourceRequirements::default()
+                },
+            });
+            invalid_resources(&sm)
+        };
+        assert_eq!(invalid_resources(&SwappoMessaging::test()), None);
+        for ok in ["512Mi", "1.5Gi", "0.5Gi", "1e9", "1G"] {
+            assert_eq!(with("limits", "memory", ok), None, "{ok}");
+        }
+        assert_eq!(with("requests", "cpu", "500m"), None);
+        let bad = with("limits", "memory", "1.5 Gigs").expect("refused");
+        assert!(
+            bad.starts_with("spec.broker.resources.limits.memory: \"1.5 Gigs\""),
+            "{bad}"
+        );
+        let bad = with("requests", "cpu", "half").expect("refused");
+        assert!(
+            bad.starts_with("spec.broker.resources.requests.cpu: \"half\""),
+            "{bad}"
+        );
+        let bad = with("limits", "memory", "9000Ti").expect("refused");
+        assert!(bad.contains("between 0 and 8 PiB"), "{bad}");
     }
 
     #[test]

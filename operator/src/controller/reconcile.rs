@@ -69,7 +69,10 @@ async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
         o.ensure_seen(credentials_secret(sm, creds, &endpoint), own)
             .await?;
     }
-    let broker_pods = match sm.is_managed() {
+    // A spec the API server would refuse in the StatefulSet is not applied: the broker keeps
+    // its last settings and BrokerReady says which field to fix.
+    let invalid_spec = broker::invalid_resources(sm);
+    let broker_pods = match sm.is_managed() && invalid_spec.is_none() {
         true => Some(ensure_broker(&o, &names, creds.as_ref(), regenerated).await?),
         false => None,
     };
@@ -83,6 +86,7 @@ async fn steps(sm: &SwappoMessaging, ctx: &Context) -> Result<Action> {
     let observed = Observed {
         endpoint: endpoint.address(),
         dialled: target.address(),
+        invalid_spec,
         credentials: state,
         broker_pods,
         amqp,

@@ -56,6 +56,8 @@ pub struct Observed {
     pub endpoint: String,
     /// `host:port` the operator dialled (differs under the development override).
     pub dialled: String,
+    /// What makes the broker's spec unusable, naming the field (it is then not applied).
+    pub invalid_spec: Option<String>,
     /// Credentials.
     pub credentials: CredentialsState,
     /// Ready and wanted broker pods; `None` for an external broker.
@@ -82,6 +84,12 @@ pub fn broker_ready(obs: &Observed) -> Verdict {
         reason,
         message,
     };
+    if let Some(problem) = &obs.invalid_spec {
+        return no(
+            "InvalidBrokerSpec",
+            format!("{problem}; the broker keeps its last applied settings until it is fixed"),
+        );
+    }
     let username = match &obs.credentials {
         CredentialsState::SecretNotFound(name) => {
             return no(
@@ -367,6 +375,7 @@ mod tests {
         Observed {
             endpoint: "test-rabbitmq.test-ns.svc:5672".into(),
             dialled: "test-rabbitmq.test-ns.svc:5672".into(),
+            invalid_spec: None,
             credentials: CredentialsState::Ok {
                 secret: "test-rabbitmq".into(),
                 username: "swappo-x".into(),
@@ -394,6 +403,21 @@ mod tests {
         let broker = s.broker.unwrap();
         assert_eq!(broker.secret_name, "test-rabbitmq");
         assert_eq!(broker.endpoint, "test-rabbitmq.test-ns.svc:5672");
+    }
+
+    #[test]
+    fn an_unusable_broker_spec_makes_broker_ready_false_naming_the_field() {
+        let mut obs = observed(Some(AmqpCheck::Ok));
+        obs.invalid_spec = Some("spec.broker.resources.limits.memory: \"x\" is bad".into());
+        let v = broker_ready(&obs);
+        assert_eq!((v.ok, v.reason), (false, "InvalidBrokerSpec"));
+        assert!(
+            v.message.starts_with("spec.broker.resources.limits.memory"),
+            "{}",
+            v.message
+        );
+        let s = desired_status(&SwappoMessaging::test(), &obs, &at(0));
+        assert_eq!(cond(&s, "Ready").status, "False");
     }
 
     #[test]
