@@ -7,6 +7,7 @@
 # Binaries come from scripts/testenv-bins.sh; state, pids and logs live in $SWAPPO_STATE/cluster
 # (see scripts/cluster-lib.sh). Waits for /readyz, the node's Ready condition and the default
 # ServiceAccount. Idempotent: when everything already runs, it only verifies.
+# `cluster-up.sh --restart-containerd`: only restarts the node's containerd (its containers run on).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -265,6 +266,11 @@ verify() {
 
 main() {
   with_lock
+  if [ "${1:-}" = --restart-containerd ]; then
+    node_enabled || die "--restart-containerd: this cluster has no real node (SWAPPO_NODE=0)"
+    restart_containerd
+    return 0
+  fi
   local start_s running=() name
   start_s=$(date +%s)
   for name in "${COMPONENTS[@]}"; do

@@ -253,6 +253,22 @@ start_node() {
   umask "$saved_umask"
 }
 
+# restart_containerd: the node's containerd stopped (SIGTERM: containerd leaves the containers
+# running in their shims) and started again with the same configuration, as a runtime upgrade
+# on a node does; the kubelet reconnects by itself. `cluster-up.sh --restart-containerd`, used by
+# tests/tests/broker_on_node.rs.
+restart_containerd() {
+  component_pid containerd >/dev/null || die "the node's containerd is not running (make cluster-up)"
+  stop_component containerd
+  local saved_umask
+  saved_umask="$(umask)"
+  umask 022
+  start containerd --config "$NODE_DIR/containerd/config.toml"
+  wait_up containerd 60 containerd_answers
+  umask "$saved_umask"
+  log "containerd restarted"
+}
+
 # verify_node: the node is Ready, CoreDNS and the StorageClass are applied and DNS answers.
 verify_node() {
   wait_up kubelet "$READY_TIMEOUT" real_node_ready

@@ -13,8 +13,11 @@
 //! - the resource deleted with `whenDeleted: Retain`: claim and Secret stay; re-created, the
 //!   data and the login are back.
 //!
-//! Not covered: restarting the node's containerd (shared by everyone using the test bed; a
-//! test may only do it if it restores it, which this one does not attempt).
+//! - the node's containerd restarted (`scripts/cluster-up.sh --restart-containerd`, which
+//!   starts it again with its configuration: the test bed is restored): the broker's container
+//!   runs on in its shim, the same process, never a second one, the pod Ready, the backlog there.
+//!   The tests of this file hold [`NODE_RUNTIME`] so that no other runs meanwhile (cargo runs
+//!   test binaries one after another).
 //!
 //! Traffic: AMQP from this process to the broker's Service address (the test bed's Service
 //! range, routed onto the node's bridge); nothing leaves the machine.
@@ -53,6 +56,10 @@ const GUARD: Duration = Duration::from_secs(240);
 const QUEUE: &str = "backlog";
 /// containerd's socket on the real node (scripts/node-lib.sh `CONTAINERD_SOCK`).
 const CONTAINERD_SOCK: &str = "unix:///run/swappo/containerd/containerd.sock";
+
+/// The node's container runtime, shared by the tests of this file: the containerd restart
+/// holds it for writing, the others for reading (for their whole run).
+static NODE_RUNTIME: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// A resource for the real node: the local image and storage class, placed on the node.
 fn resource(ns: &str) -> SwappoMessaging {
@@ -528,6 +535,7 @@ async fn a_backlog_survives_a_spec_change_a_pod_deletion_and_a_killed_container_
     let Some(client) = node().await else {
         return;
     };
+    let _runtime = NODE_RUNTIME.read().await;
     let ns = TestNamespace::new("broker-node-").await;
     let _crd = CrdGuard::start(&client);
     let (ip, operator) = deploy(&client, &ns, &resource(ns.name())).await;
@@ -628,6 +636,7 @@ async fn a_deleted_secret_brings_a_new_login_and_a_retained_volume_brings_data_a
     let Some(client) = node().await else {
         return;
     };
+    let _runtime = NODE_RUNTIME.read().await;
     let ns = TestNamespace::new("broker-node-").await;
     let _crd = CrdGuard::start(&client);
     let (ip, operator) = deploy(&client, &ns, &resource(ns.name())).await;
@@ -719,4 +728,116 @@ async fn a_deleted_secret_brings_a_new_login_and_a_retained_volume_brings_data_a
         .delete("dev-rabbitmq-data", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// Runs `scripts/cluster-up.sh --restart-containerd` (stops the node's containerd by its
+/// recorded pid, starts it again with the same configuration, waits until it answers).
+async fn restart_containerd() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster-up.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg("--restart-containerd")
+        .output()
+        .await
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "cluster-up.sh --restart-containerd failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_and_its_running_broker_survive_a_restart_of_the_nodes_containerd() {
+    let Some(client) = node().await else {
+        return;
+    };
+    let ns = TestNamespace::new("broker-ctrd-").await;
+    let _crd = CrdGuard::start(&client);
+    let (ip, operator) = deploy(&client, &ns, &resource(ns.name())).await;
+    let pod = ready(&ns, None).await;
+    let (user, password, _) = login(&ns).await;
+    let amqp = url(&ip, &user, &password);
+    publish(&amqp, BACKLOG).await;
+    let _runtime = NODE_RUNTIME.write().await;
+    let before = running_brokers(ns.name()).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let sampler = Sampler::start(&ns).await;
+
+    let restarted = Instant::now();
+    restart_containerd().await;
+    eprintln!(
+        "containerd stopped and answering again after {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    // The kubelet back in touch with the runtime: the node Ready for 15 s in a row (longer than
+    // the kubelet's 10 s status period, in which it reports a runtime it found down), the pod
+    // Ready, and the same container running (containerd's restart leaves its shims alone).
+    let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let node_ready = || async {
+        let node = nodes.get(NODE_NAME).await.ok()?;
+        let conditions = node.status?.conditions?;
+        Some(
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+        )
+    };
+    let (settle, mut ready_since) = (Duration::from_secs(15), None::<Instant>);
+    while ready_since.is_none_or(|t| t.elapsed() < settle) {
+        assert!(
+            restarted.elapsed() < GUARD,
+            "the node not Ready for 15 s in a row within {GUARD:?} of containerd's restart"
+        );
+        match node_ready().await {
+            Some(true) => ready_since = ready_since.or(Some(Instant::now())),
+            _ => ready_since = None,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = ready(&ns, None).await;
+    assert_eq!(after.uid(), pod.uid(), "the same broker pod");
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c[0].restart_count)
+    };
+    assert_eq!(
+        restarts(&after),
+        restarts(&pod),
+        "the broker container was not restarted"
+    );
+    assert_eq!(
+        running_brokers(ns.name()).await,
+        before,
+        "the same broker container runs on"
+    );
+    let samples = sampler.finish().await;
+    eprintln!(
+        "{} process samples over {:.0} s around the restart: broker processes on the volume at \
+         each change {:?}",
+        samples.count.0,
+        restarted.elapsed().as_secs_f64(),
+        samples
+            .changes
+            .iter()
+            .map(|(_, ids)| ids.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        samples.changes.len(),
+        1,
+        "one broker process, the same, at every sample (no stop, no second one): {samples:?}"
+    );
+    assert_eq!(samples.most_processes, 1, "{samples:?}");
+
+    let found = message_ids(&amqp).await;
+    eprintln!(
+        "{} of {BACKLOG} messages there after containerd's restart",
+        found.len()
+    );
+    assert_eq!(found, expected(BACKLOG));
+    operator.stop().await;
 }
