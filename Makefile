@@ -75,7 +75,12 @@ images: ## Build every OCI image from Debian packages and release binaries (no D
 # build, their node tests and demo-check skip, saying so (README, "The real node"). The RabbitMQ
 # image (Debian's package, cached by stamp) is always built and imported: the broker's node
 # tests run it.
+# `make test` puts its own debug build in the app images (SWAPPO_APP_PROFILE=debug, stripped):
+# `cargo test --workspace` compiles those binaries anyway, and a release build of the workspace
+# would cost CI a second full compile (about 15 min cold on 2 cores). `make images` and `make
+# demo` build release images, as users run them.
 SWAPPO_APP_IMAGES ?= 1
+test: export SWAPPO_APP_PROFILE = debug
 test: testenv-deps cluster-up ## Run every test (unit and integration) against the real local parts, then the real-node demo (demo-check), then the node teardown check
 	bash images/build.sh --import-if-up rabbitmq
 	if [ "$(SWAPPO_APP_IMAGES)" != 0 ]; then bash images/build.sh --import-if-up app; fi

@@ -33,6 +33,15 @@ umask 022
 OUT="$SWAPPO_CACHE/images"
 # The release binaries of the app images: the Makefile's target dir (outside the repo).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SWAPPO_CACHE/cargo-target}"
+# Which build of the workspace the app images hold: release (default: what a user runs and the
+# Dockerfiles build) or debug (`make test`: the binaries its `cargo test --workspace` compiles
+# anyway, with their debug info stripped, so CI compiles the workspace once, not twice).
+APP_PROFILE="${SWAPPO_APP_PROFILE:-release}"
+case "$APP_PROFILE" in
+  release) APP_BIN_DIR="$CARGO_TARGET_DIR/release" ;;
+  debug) APP_BIN_DIR="$CARGO_TARGET_DIR/debug" ;;
+  *) die "SWAPPO_APP_PROFILE must be release or debug, not '$APP_PROFILE'" ;;
+esac
 SUITE=bookworm
 # Debian's mirrors exactly as this machine's apt uses them.
 APT_SOURCES="${SWAPPO_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}"
@@ -145,17 +154,26 @@ build_app_base() {
   echo "$key" >"$OUT/app-base-layer.key"
 }
 
-# build_app IMAGE BIN...: the image's release binaries (its main binary and the extra ones its
+# build_app IMAGE BIN...: the image's binaries (its main binary and the extra ones its
 # Dockerfile ships, e.g. the one-off import), built beforehand by build_app_binaries, on the app
 # base; config from its Dockerfile's run stage (images/<image>.json, compared with the Dockerfile
-# by tests/tests/node_images.rs). Stripped like the Dockerfiles' builds
-# (CARGO_PROFILE_RELEASE_STRIP=symbols); the image is re-made only when a binary's content changed.
+# by tests/tests/node_images.rs). Release binaries are stripped like the Dockerfiles' builds
+# (CARGO_PROFILE_RELEASE_STRIP=symbols); debug ones lose their debug info here (a copy: the
+# target dir keeps its own). The image is re-made only when a binary's content changed.
 build_app() {
-  local img="$1" bins=("$2" "${@:3}") key b files=()
+  local img="$1" bins=("$2" "${@:3}") key b src files=()
   build_app_base
-  key="$(key_of "${bins[@]/#/$CARGO_TARGET_DIR/release/}" "$here/$img.json" "$OUT/app-base-layer.key")"
+  key="$(key_of "${bins[@]/#/$APP_BIN_DIR/}" "$here/$img.json" "$OUT/app-base-layer.key" <(echo "$APP_PROFILE"))"
   fresh "$img" "$key" && return 0
-  for b in "${bins[@]}"; do files+=("/usr/local/bin/$b" "$CARGO_TARGET_DIR/release/$b"); done
+  for b in "${bins[@]}"; do
+    src="$APP_BIN_DIR/$b"
+    if [ "$APP_PROFILE" = debug ]; then
+      mkdir -p "$W/bin-$img"
+      objcopy --strip-debug "$src" "$W/bin-$img/$b" || die "objcopy --strip-debug $src failed"
+      src="$W/bin-$img/$b"
+    fi
+    files+=("/usr/local/bin/$b" "$src")
+  done
   binary_layer "$W/$img-layer.tar" "${files[@]}"
   finish "$img" "$key" "$here/$img.json" "$OUT/app-base-layer.tar" "$W/$img-layer.tar"
 }
@@ -167,9 +185,9 @@ declare -A APP_BINARIES=(
   [notifications]="swappo-notifications swappo-notifications swappo-notifications-import"
 )
 
-# build_app_binaries IMAGE...: the release binaries of the given app images in ONE cargo call, so
-# the dependencies they share are compiled once with one unified feature set (one call per
-# package would resolve features per package and compile the shared crates up to three times).
+# build_app_binaries IMAGE...: the binaries of the given app images (APP_PROFILE) in ONE cargo
+# call, so the dependencies they share are compiled once with one unified feature set (one call
+# per package would resolve features per package and compile the shared crates up to three times).
 build_app_binaries() {
   local img args=() words
   for img in "$@"; do
@@ -179,8 +197,12 @@ build_app_binaries() {
     for b in "${words[@]:1}"; do args+=(--bin "$b"); done
   done
   [ "${#args[@]}" -gt 0 ] || return 0
-  (cd "$root" && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build -q --release --locked "${args[@]}") ||
-    die "cargo build --release ${args[*]} failed"
+  if [ "$APP_PROFILE" = release ]; then
+    (cd "$root" && CARGO_PROFILE_RELEASE_STRIP=symbols cargo build -q --release --locked "${args[@]}") ||
+      die "cargo build --release ${args[*]} failed"
+  else
+    (cd "$root" && cargo build -q --locked "${args[@]}") || die "cargo build ${args[*]} failed"
+  fi
 }
 
 build() {

@@ -1,6 +1,7 @@
-//! The images of the operator and both services (images/build.sh, release binaries on the
-//! distroless-like app base) run as pods on the real node, as their image user (65532) in a
-//! namespace that enforces the restricted Pod Security profile: the services migrate and serve
+//! The images of the operator and both services (images/build.sh: release binaries, or under
+//! `make test` its own debug build, stripped; on the distroless-like app base) run as pods on the
+//! real node, as their image user (65532) in a namespace that enforces the restricted Pod
+//! Security profile: the services migrate and serve
 //! against the shared PostgreSQL and RabbitMQ, and are Ready by their own `/ready` probe;
 //! `/health` answers through a Service from another pod; a cut database shows in `/ready`
 //! (503 naming the database). The operator, with a ServiceAccount and no RBAC, reaches the API
