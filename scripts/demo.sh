@@ -75,12 +75,36 @@ pg() {
 pg_ctl_demo() { pg pg_ctl -D "$PG_DIR/data" "$@"; }
 
 installed=0
+# diagnose: what a failed run leaves to read before its namespace goes: the resource's
+# conditions, every pod not Ready with its events, and the logs of its containers (init
+# containers included, the previous instance of one that restarted). Secrets are not printed.
+diagnose() {
+  log "the demo failed: the state of namespace $NS before it is removed"
+  k get sm,pods,pvc -n "$NS" -o wide >&2 2>&1 || true
+  k get sm "$SM" -n "$NS" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2 2>&1 || true
+  local pod c
+  for pod in $(k get pods -n "$NS" -o jsonpath='{range .items[*]}{.metadata.name}{" "}{range .status.conditions[?(@.type=="Ready")]}{.status}{end}{"\n"}{end}' 2>/dev/null | awk '$2 != "True" { print $1 }'); do
+    log "pod $pod is not Ready: kubectl describe pod and its containers' logs"
+    k describe pod "$pod" -n "$NS" >"$STATE/describe.txt" 2>&1 || true
+    # Containers (states, last states, restarts) and the events; not the volumes and tolerations.
+    { sed -n '/^Init Containers:/,/^Conditions:/p' "$STATE/describe.txt" | grep -v '^Conditions:' | head -n 80
+      sed -n '/^Events:/,$p' "$STATE/describe.txt" | tail -n 20; } >&2
+    for c in $(k get pod "$pod" -n "$NS" -o jsonpath='{.spec.initContainers[*].name} {.spec.containers[*].name}' 2>/dev/null); do
+      echo "---- $pod/$c (current, then previous)" >&2
+      k logs "$pod" -n "$NS" -c "$c" --tail=40 >&2 2>&1 || true
+      k logs "$pod" -n "$NS" -c "$c" --previous --tail=40 >&2 2>&1 || true
+    done
+  done
+  log "the operator's log (last 40 lines)"
+  k logs -n "$NS" "deploy/$OPERATOR_RELEASE" --tail=40 >&2 2>&1 || true
+}
 # Removes everything the demo installed, in the order a user would: the resource first (its
 # broker and Secret go with the namespace), the services, the operator, the namespace, the
 # admission policy, the demo's database server; then what it had to start.
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ "$installed" = 1 ] && [ "$rc" != 0 ] && [ "$rc" != 130 ]; then diagnose; fi
   if [ "$installed" = 1 ]; then
     log "removing the demo: SwappoMessaging, helm releases, namespace $NS, placement policy"
     # Nothing is waited for but the namespace: its deletion waits for every pod in it, so one
