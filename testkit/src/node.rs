@@ -107,29 +107,47 @@ pub fn testbin_dir() -> PathBuf {
 /// error with its exit status and stderr. For what kube-rs does not cover without extra
 /// features: `logs` and `exec` through the API server and the kubelet.
 pub async fn kubectl(args: &[&str]) -> Result<String, String> {
+    test_bed_tool("kubectl", &["--request-timeout=30s"], args).await
+}
+
+/// Runs the test bed's `helm` with the test cluster's kubeconfig, in the repository root (so
+/// `charts/...` paths work); its stdout, or an error with its exit status and stderr.
+pub async fn helm(args: &[&str]) -> Result<String, String> {
+    test_bed_tool("helm", &[], args).await
+}
+
+async fn test_bed_tool(tool: &str, fixed: &[&str], args: &[&str]) -> Result<String, String> {
     let kubeconfig = std::env::var_os("KUBECONFIG")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(local_kubeconfig_path);
-    let out = tokio::process::Command::new(testbin_dir().join("kubectl"))
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tokio::process::Command::new(testbin_dir().join(tool))
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .arg("--request-timeout=30s")
+        .args(fixed)
         .args(args)
+        .current_dir(repo)
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("kubectl {}: {e}", args.join(" ")))?;
+        .map_err(|e| format!("{tool} {}: {e}", args.join(" ")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
-            "kubectl {} failed ({}): {}",
+            "{tool} {} failed ({}): {}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// `SWAPPO_REQUIRE_APP_IMAGES` is set (and not `0`), as `make test` does after building and
+/// importing the operator's and services' images: a test that needs one must not skip.
+pub fn app_images_required() -> bool {
+    std::env::var("SWAPPO_REQUIRE_APP_IMAGES").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Whether the real node's containerd holds `image` (the names the kubelet reports in the

@@ -1,5 +1,6 @@
-//! The managed broker on the real node (issue 19): the operator (in-process, this test's
-//! admin identity) runs its StatefulSet, claim, ConfigMap, Secret and Service with the locally
+//! The managed broker on the real node (issue 19): the operator, installed by its chart as a
+//! pod with its own ServiceAccount and namespace Role only (in this process, saying so, when
+//! the node lacks the operator image and `SWAPPO_REQUIRE_APP_IMAGES` is unset), runs its StatefulSet, claim, ConfigMap, Secret and Service with the locally
 //! built `swappo.local/rabbitmq:3.10.8-management` image on the kubelet + containerd node,
 //! and a backlog of persistent messages, counted by message id, survives everything that
 //! replaces or restarts the broker:
@@ -41,7 +42,8 @@ use swappo_operator::context::{Context, Settings};
 use swappo_operator::crd::SwappoMessaging;
 use swappo_operator::metrics::Metrics;
 use swappo_testkit::node::{
-    NODE_NAME, NODE_TAINT, STORAGE_CLASS, node_has_image, real_node_client, testbin_dir,
+    NODE_NAME, NODE_TAINT, STORAGE_CLASS, app_images_required, helm, node_has_image,
+    real_node_client, testbin_dir,
 };
 use swappo_testkit::{TestNamespace, eventually};
 use tokio::task::JoinHandle;
@@ -79,15 +81,41 @@ fn resource(ns: &str) -> SwappoMessaging {
     .expect("a valid resource")
 }
 
-/// The operator in this process, for one namespace, dialling the broker's Service address
-/// (this process cannot resolve cluster DNS names).
-struct Operator {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
+/// The operator image `make test` builds and imports (images/build.sh).
+const OPERATOR_IMAGE: &str = "swappo.local/swappo-operator:dev";
+/// The operator chart's release in the test's namespace.
+const OPERATOR_RELEASE: &str = "swappo-operator";
+
+/// The operator under test (proof 5 of issue 19): the chart's pod, with its image, its
+/// ServiceAccount and the namespace Role of `watch.scope=namespace` only, dialling the broker
+/// through cluster DNS, when the node holds the operator image (always under `make test`);
+/// otherwise, saying so, in this process with the test's admin identity, dialling the
+/// broker's Service address (this process cannot resolve cluster DNS names).
+enum Operator {
+    Chart {
+        namespace: String,
+    },
+    InProcess {
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+    },
 }
 
 impl Operator {
-    fn start(client: &Client, ns: &str, service_ip: &str) -> Self {
+    async fn start(client: &Client, ns: &str, service_ip: &str) -> Self {
+        if node_has_image(client, OPERATOR_IMAGE)
+            .await
+            .unwrap_or(false)
+        {
+            return Self::install_chart(ns).await;
+        }
+        assert!(
+            !app_images_required(),
+            "SWAPPO_REQUIRE_APP_IMAGES is set but the node has no {OPERATOR_IMAGE}"
+        );
+        eprintln!(
+            "the operator runs in this process: the node has no {OPERATOR_IMAGE} (make images)"
+        );
         let settings = Settings {
             broker_override: Some(Target {
                 host: service_ip.into(),
@@ -110,15 +138,81 @@ impl Operator {
         let task = tokio::spawn(async move {
             swappo_operator::controller::run_controller(ctx, Some(&ns), token).await
         });
-        Self { stop, task }
+        Self::InProcess { stop, task }
+    }
+
+    /// `helm install` of charts/swappo-operator, scoped to `ns`, placed on the real node,
+    /// rechecking a broker that is not ready every 2 s; waits for its pod to be Ready.
+    async fn install_chart(ns: &str) -> Self {
+        let placement = format!("nodeSelector={{\"kubernetes.io/hostname\":\"{NODE_NAME}\"}}");
+        let tolerations = format!(
+            "tolerations=[{{\"key\":\"{NODE_TAINT}\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}}]"
+        );
+        let timeout = format!("{}s", GUARD.as_secs());
+        helm(&[
+            "install",
+            OPERATOR_RELEASE,
+            "charts/swappo-operator",
+            "--namespace",
+            ns,
+            "--set",
+            "image.repository=swappo.local/swappo-operator",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "watch.scope=namespace",
+            "--set",
+            "broker.retrySeconds=2",
+            "--set",
+            "broker.recheckSeconds=10",
+            "--set",
+            "resources.requests.cpu=20m",
+            "--set",
+            "log.format=text",
+            "--set-json",
+            &placement,
+            "--set-json",
+            &tolerations,
+            "--wait",
+            "--timeout",
+            &timeout,
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("the operator chart installs: {e}"));
+        eprintln!(
+            "the operator runs as the chart's pod ({OPERATOR_IMAGE}, its own ServiceAccount and Role)"
+        );
+        Self::Chart {
+            namespace: ns.to_owned(),
+        }
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(GUARD, self.task)
-            .await
-            .expect("the operator stops")
-            .unwrap();
+        match self {
+            Self::Chart { namespace } => {
+                let timeout = format!("{}s", GUARD.as_secs());
+                helm(&[
+                    "uninstall",
+                    OPERATOR_RELEASE,
+                    "--namespace",
+                    &namespace,
+                    "--wait",
+                    "--timeout",
+                    &timeout,
+                ])
+                .await
+                .unwrap_or_else(|e| panic!("the operator chart uninstalls: {e}"));
+            }
+            Self::InProcess { stop, task } => {
+                stop.cancel();
+                tokio::time::timeout(GUARD, task)
+                    .await
+                    .expect("the operator stops")
+                    .unwrap();
+            }
+        }
     }
 }
 
@@ -205,7 +299,7 @@ async fn deploy(client: &Client, ns: &TestNamespace, sm: &SwappoMessaging) -> (S
         .await
         .unwrap();
     let ip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
-    (ip.clone(), Operator::start(client, ns.name(), &ip))
+    (ip.clone(), Operator::start(client, ns.name(), &ip).await)
 }
 
 /// Waits until `dev` is Ready (broker logged in, queue declared) and returns the broker pod.

@@ -21,8 +21,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::time::Duration;
 use swappo_testkit::node::{
-    NODE_IP, debian_pod, exec, kubectl, merge, node_has_image, placement, real_node_client,
-    run_ready,
+    NODE_IP, app_images_required, debian_pod, exec, kubectl, merge, node_has_image, placement,
+    real_node_client, run_ready,
 };
 use swappo_testkit::{OutageProxy, TestDb, TestNamespace, TestVhost, eventually};
 
@@ -33,11 +33,6 @@ const GUARD: Duration = Duration::from_secs(120);
 const OPERATOR_IMAGE: &str = "swappo.local/swappo-operator:dev";
 const MATCHMAKING_IMAGE: &str = "swappo.local/swappo-matchmaking:dev";
 const NOTIFICATIONS_IMAGE: &str = "swappo.local/swappo-notifications:dev";
-
-/// `SWAPPO_REQUIRE_APP_IMAGES` is set (and not `0`): a missing app image fails the test.
-fn app_images_required() -> bool {
-    std::env::var("SWAPPO_REQUIRE_APP_IMAGES").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 /// An admin client when the real node is Ready and holds `image`; `None` (skipped, saying
 /// why) otherwise. When the images are required, a missing one is waited for within the guard:
