@@ -14,6 +14,11 @@
 //! - the resource deleted with `whenDeleted: Retain`: claim and Secret stay; re-created, the
 //!   data and the login are back.
 //!
+//! - a sustained publish of 384 MiB into a broker limited to 512Mi: RabbitMQ runs with the
+//!   absolute watermark the operator derived from the limit (so it blocks publishers there, and
+//!   nowhere below), every message is confirmed and there, and the container is never
+//!   OOM-killed (RabbitMQ's defaults, a watermark relative to the host's memory and a 512 MiB
+//!   quorum WAL, let it grow past the limit);
 //! - the node's containerd restarted (`scripts/cluster-up.sh --restart-containerd`, which
 //!   starts it again with its configuration: the test bed is restored): the broker's container
 //!   runs on in its shim, the same process, never a second one, the pod Ready, the backlog there.
@@ -933,5 +938,193 @@ async fn a_backlog_and_its_running_broker_survive_a_restart_of_the_nodes_contain
         found.len()
     );
     assert_eq!(found, expected(BACKLOG));
+    operator.stop().await;
+}
+
+/// The broker node's memory as its management API reports it.
+#[derive(Clone, Copy, Debug)]
+struct Memory {
+    used: u64,
+    /// The high watermark in bytes (`mem_limit`): publishers are blocked above it.
+    watermark: u64,
+    alarm: bool,
+}
+
+async fn broker_memory(
+    http: &reqwest::Client,
+    ip: &str,
+    user: &str,
+    password: &str,
+) -> Option<Memory> {
+    let nodes: serde_json::Value = http
+        .get(format!("http://{ip}:15672/api/nodes"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let node = nodes.get(0)?;
+    Some(Memory {
+        used: node["mem_used"].as_u64()?,
+        watermark: node["mem_limit"].as_u64()?,
+        alarm: node["mem_alarm"].as_bool()?,
+    })
+}
+
+/// Bytes per message and messages of the sustained publish: 384 MiB, more than the 246 MiB
+/// watermark of a 512Mi container and nearly what the container holds in all, and nearly four
+/// rollovers of the 102 MiB quorum WAL the operator derived (RabbitMQ's default 512 MiB WAL is
+/// held in memory until it rolls over). Measured on a quiet machine: 2.3 s, RabbitMQ's memory
+/// peak 151 MiB, no alarm. A 1 GiB run by hand (8192 messages) was confirmed whole without an
+/// OOM kill too, but took 906 s: past 317 MiB the memory alarm stayed on for most of the run
+/// (publishers blocked at the watermark, as configured; the memory came back slowly): too slow
+/// for `make test`, and recorded in issue 19's note.
+const BODY_BYTES: usize = 128 << 10;
+const SUSTAINED: usize = 3072;
+/// Publishes in flight before waiting for their confirms (keeps the broker busy).
+const WINDOW: usize = 64;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sustained_publish_past_the_watermark_is_confirmed_whole_and_never_oom_kills_the_broker()
+{
+    let Some(client) = node().await else {
+        return;
+    };
+    let _runtime = NODE_RUNTIME.read().await;
+    let ns = TestNamespace::new("broker-mem-").await;
+    let _crd = CrdGuard::start(&client);
+    let sm = resource(ns.name());
+    let limit = 512u64 << 20;
+    let (ip, operator) = deploy(&client, &ns, &sm).await;
+    let pod = ready(&ns, None).await;
+    let (user, password, _) = login(&ns).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let at_start = eventually("the management API answers", GUARD, || {
+        broker_memory(&http, &ip, &user, &password)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        at_start.watermark,
+        swappo_operator::builders::broker::memory_high_watermark(limit),
+        "RabbitMQ runs with the absolute watermark derived from the 512Mi limit"
+    );
+
+    // Memory sampled every 250 ms while the publish runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, http, ip, user, password) = (
+            stop.clone(),
+            http.clone(),
+            ip.clone(),
+            user.clone(),
+            password.clone(),
+        );
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(m) = broker_memory(&http, &ip, &user, &password).await {
+                    samples.push(m);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    let conn = Connection::connect(&url(&ip, &user, &password), ConnectionProperties::default())
+        .await
+        .expect("the broker takes the login");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = vec![b'x'; BODY_BYTES];
+    let mut confirmed = 0;
+    for chunk in (0..SUSTAINED).collect::<Vec<_>>().chunks(WINDOW) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    QUEUE.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_message_id(format!("m-{i}").into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .unwrap();
+            pending.push(confirm);
+        }
+        for confirm in pending {
+            let c = tokio::time::timeout(GUARD, confirm)
+                .await
+                .expect("confirmed within the guard: publishers are released")
+                .unwrap();
+            assert!(c.is_ack());
+            confirmed += 1;
+        }
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampler.await.unwrap();
+    let depth = ch
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    conn.close(200, "done".into()).await.unwrap();
+
+    let peak = samples.iter().map(|m| m.used).max().unwrap_or(0);
+    let alarms = samples.iter().filter(|m| m.alarm).count();
+    eprintln!(
+        "{confirmed} x {} KiB confirmed in {:.1} s; broker memory peak {} MiB of a {} MiB \
+         watermark and a {} MiB container limit ({} samples, {alarms} with the memory alarm on)",
+        BODY_BYTES >> 10,
+        took.as_secs_f64(),
+        peak >> 20,
+        at_start.watermark >> 20,
+        limit >> 20,
+        samples.len(),
+    );
+    assert_eq!(confirmed, SUSTAINED);
+    assert_eq!(
+        depth as usize, SUSTAINED,
+        "every confirmed message is in the queue"
+    );
+    assert!(
+        samples.len() > 4,
+        "memory sampled during the publish: {samples:?}"
+    );
+    let after = ns.api::<Pod>().get("dev-rabbitmq-0").await.unwrap();
+    assert_eq!(after.uid(), pod.uid(), "the same broker pod");
+    let status = after
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|c| c[0].clone())
+        .unwrap();
+    assert_eq!(
+        status.restart_count, 0,
+        "never restarted (OOM-killed): {status:?}"
+    );
+    assert!(
+        peak < limit,
+        "RabbitMQ's own count stays below the container limit: {peak}"
+    );
     operator.stop().await;
 }
