@@ -125,7 +125,7 @@ demo: ## The user story on the real node: CRDs, helm install operator and servic
 	bash scripts/demo.sh
 
 .PHONY: demo-check
-demo-check: testenv-deps cluster-up ## The real-node demo unattended with its outage drill: lost 0, nothing left installed (tests/tests/demo_smoke.rs; 10 min warm on a loaded 2-core machine, mostly RabbitMQ booting; skipped with SWAPPO_APP_IMAGES=0)
+demo-check: testenv-deps cluster-up ## The real-node demo unattended with its outage drill: lost 0, nothing left installed (tests/tests/demo_smoke.rs; about 2 min warm on a quiet 2-core machine, 10 on a loaded one; skipped with SWAPPO_APP_IMAGES=0)
 	@if [ "$(SWAPPO_APP_IMAGES)" = 0 ]; then echo "demo-check skipped: SWAPPO_APP_IMAGES=0 (it runs the app images on the node)"; exit 0; fi
 	bash images/build.sh --import rabbitmq app
 	cargo build -p swappo-demo --bin swappo-demo
