@@ -221,6 +221,13 @@ real_node_ready() {
   [ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
+# start_containerd: the node's containerd with its configuration, waited for until it answers
+# (under umask 022: see start_node).
+start_containerd() {
+  start containerd --config "$NODE_DIR/containerd/config.toml"
+  wait_up containerd 60 containerd_answers
+}
+
 # start_node: containerd, the images it needs, the kubelet, kube-proxy, the provisioner.
 start_node() {
   local port
@@ -237,8 +244,7 @@ start_node() {
   local saved_umask
   saved_umask="$(umask)"
   umask 022
-  start containerd --config "$NODE_DIR/containerd/config.toml"
-  wait_up containerd 60 containerd_answers
+  start_containerd
   # The images every node needs (pause, CoreDNS, the test bed's Debian image): built once,
   # cached by stamp, imported when containerd lacks them.
   bash "$root/images/build.sh" --import node
@@ -263,8 +269,7 @@ restart_containerd() {
   local saved_umask
   saved_umask="$(umask)"
   umask 022
-  start containerd --config "$NODE_DIR/containerd/config.toml"
-  wait_up containerd 60 containerd_answers
+  start_containerd
   umask "$saved_umask"
   log "containerd restarted"
 }
